@@ -1,0 +1,232 @@
+// dcn_torch._C: the core's CPU kernels over DLPack arrays (zero-copy torch
+// tensors). It links no framework: torch users need neither libtorch
+// headers nor MLX. The GEMMs and the batch chunking live in dcn_torch.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
+
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "dcn/cpu.h"
+#include "dcn/params.h"
+
+namespace nb = nanobind;
+using Array = nb::ndarray<nb::device::cpu>;
+using Pair = std::tuple<int64_t, int64_t>;
+
+namespace {
+
+dcn::DType dtype_of(const Array& a) {
+  const nb::dlpack::dtype d = a.dtype();
+  if (d.lanes != 1) return dcn::DType::Other;
+  if (d.code == uint8_t(nb::dlpack::dtype_code::Float)) {
+    if (d.bits == 32) return dcn::DType::Float32;
+    if (d.bits == 64) return dcn::DType::Float64;
+    if (d.bits == 16) return dcn::DType::Float16;
+  }
+  if (d.code == uint8_t(nb::dlpack::dtype_code::Bfloat) && d.bits == 16)
+    return dcn::DType::BFloat16;
+  return dcn::DType::Other;
+}
+
+dcn::DType dtype_from_name(const std::string& s) {
+  if (s == "float32") return dcn::DType::Float32;
+  if (s == "float64") return dcn::DType::Float64;
+  if (s == "float16") return dcn::DType::Float16;
+  if (s == "bfloat16") return dcn::DType::BFloat16;
+  return dcn::DType::Other;
+}
+
+dcn::TensorDesc desc_of_shape(const std::vector<int64_t>& shape, dcn::DType dt) {
+  dcn::TensorDesc t;
+  if (shape.size() > 4) {
+    t.rank = int(shape.size());  // reported by rank check; sizes beyond 4 not needed
+    for (int i = 0; i < 4; ++i) t.shape[i] = shape[i];
+    t.dtype = dt;
+    return t;
+  }
+  t.rank = int(shape.size());
+  for (size_t i = 0; i < shape.size(); ++i) t.shape[i] = shape[i];
+  t.dtype = dt;
+  return t;
+}
+
+dcn::TensorDesc desc_of(const Array& a) {
+  std::vector<int64_t> s(a.ndim());
+  for (size_t i = 0; i < a.ndim(); ++i) s[i] = int64_t(a.shape(i));
+  return desc_of_shape(s, dtype_of(a));
+}
+
+dcn::Strides4 strides4(const Array& a) {
+  return dcn::Strides4{a.stride(0), a.stride(1), a.stride(2), a.stride(3)};
+}
+
+void fill_params(dcn::ConvArgs& args, Pair stride, Pair padding, Pair dilation) {
+  args.stride[0] = std::get<0>(stride);
+  args.stride[1] = std::get<1>(stride);
+  args.padding[0] = std::get<0>(padding);
+  args.padding[1] = std::get<1>(padding);
+  args.dilation[0] = std::get<0>(dilation);
+  args.dilation[1] = std::get<1>(dilation);
+}
+
+dcn::Geometry resolve_or_throw(const dcn::ConvArgs& args) {
+  dcn::Geometry g;
+  const std::string err = dcn::resolve_geometry(args, &g);
+  if (!err.empty()) throw std::invalid_argument(err);
+  return g;
+}
+
+// Geometry of a kernel call: the sampling does not depend on the weight
+// beyond its kernel size, so a (1, C, kh, kw) stand-in is validated.
+dcn::Geometry kernel_geometry(const Array& input_like, dcn::DType dtype, const Array& offset,
+                              const std::optional<Array>& mask, Pair kernel, Pair stride,
+                              Pair padding, Pair dilation) {
+  dcn::ConvArgs args;
+  args.input = desc_of(input_like);
+  args.input.dtype = dtype;
+  args.weight = args.input;
+  args.weight.shape[0] = 1;
+  args.weight.shape[2] = std::get<0>(kernel);
+  args.weight.shape[3] = std::get<1>(kernel);
+  args.offset = desc_of(offset);
+  if (mask) args.mask = desc_of(*mask);
+  fill_params(args, stride, padding, dilation);
+  return resolve_or_throw(args);
+}
+
+// Columns are (N, C*kh*kw, out_h, out_w), C-contiguous, in the storage dtype.
+dcn::ColumnStrides column_strides(const Array& cols, const dcn::Geometry& g, dcn::DType dtype,
+                                  const char* name) {
+  const int64_t K = g.kernel_points(), P = g.out_pixels();
+  const int64_t want[4] = {g.batch, g.channels * K, g.out_h, g.out_w};
+  bool ok = cols.ndim() == 4 && dtype_of(cols) == dtype;
+  for (int i = 0; ok && i < 4; ++i) ok = int64_t(cols.shape(i)) == want[i];
+  ok = ok && (g.batch <= 1 || cols.stride(0) == g.channels * K * P) &&
+       cols.stride(1) == P && cols.stride(2) == g.out_w && cols.stride(3) == 1;
+  if (!ok) {
+    throw std::invalid_argument(std::string(name) +
+                                ": expected a contiguous (N, C*kh*kw, out_h, out_w) array "
+                                "in the input's dtype");
+  }
+  const int64_t cpg = g.channels_per_offset_group();
+  return dcn::ColumnStrides{g.channels * K * P, cpg * K * P, K * P, P, 1};
+}
+
+void require_shape(const Array& a, const int64_t (&want)[4], const char* name) {
+  bool ok = a.ndim() == 4;
+  for (int i = 0; ok && i < 4; ++i) ok = int64_t(a.shape(i)) == want[i];
+  if (!ok) throw std::invalid_argument(std::string(name) + ": output array has the wrong shape");
+}
+
+nb::dict geometry(std::vector<int64_t> input, std::vector<int64_t> weight,
+                  std::vector<int64_t> offset, std::optional<std::vector<int64_t>> mask,
+                  std::optional<std::vector<int64_t>> bias, std::vector<std::string> dtypes,
+                  Pair stride, Pair padding, Pair dilation, const std::string& layout) {
+  if (dtypes.size() != 5) throw std::invalid_argument("dtypes: expected 5 names");
+  dcn::ConvArgs args;
+  args.input = desc_of_shape(input, dtype_from_name(dtypes[0]));
+  args.weight = desc_of_shape(weight, dtype_from_name(dtypes[1]));
+  args.offset = desc_of_shape(offset, dtype_from_name(dtypes[2]));
+  if (mask) args.mask = desc_of_shape(*mask, dtype_from_name(dtypes[3]));
+  if (bias) args.bias = desc_of_shape(*bias, dtype_from_name(dtypes[4]));
+  fill_params(args, stride, padding, dilation);
+  if (layout == "NHWC") args.layout = dcn::Layout::NHWC;
+  else if (layout != "NCHW") throw std::invalid_argument("layout: expected 'NCHW' or 'NHWC'");
+  const dcn::Geometry g = resolve_or_throw(args);
+  nb::dict d;
+  d["batch"] = g.batch;
+  d["channels"] = g.channels;
+  d["height"] = g.height;
+  d["width"] = g.width;
+  d["out_channels"] = g.out_channels;
+  d["groups"] = g.groups;
+  d["offset_groups"] = g.offset_groups;
+  d["kernel"] = nb::make_tuple(g.kernel_h, g.kernel_w);
+  d["out_size"] = nb::make_tuple(g.out_h, g.out_w);
+  return d;
+}
+
+void im2col(const Array& input, const Array& offset, std::optional<Array> mask, Array columns,
+            Pair kernel, Pair stride, Pair padding, Pair dilation) {
+  const dcn::DType dt = dtype_of(input);
+  const dcn::Geometry g = kernel_geometry(input, dt, offset, mask, kernel, stride, padding, dilation);
+  const dcn::ColumnStrides cs = column_strides(columns, g, dt, "columns");
+  const dcn::Strides4 ms = mask ? strides4(*mask) : dcn::Strides4{};
+  nb::gil_scoped_release release;
+  dcn::cpu::im2col(dt, g, input.data(), strides4(input), offset.data(), strides4(offset),
+                   mask ? mask->data() : nullptr, ms, columns.data(), cs);
+}
+
+void col2im(const Array& grad_columns, const Array& offset, std::optional<Array> mask,
+            Array grad_input, Pair kernel, Pair stride, Pair padding, Pair dilation) {
+  const dcn::DType dt = dtype_of(grad_columns);
+  const dcn::Geometry g =
+      kernel_geometry(grad_input, dt, offset, mask, kernel, stride, padding, dilation);
+  const dcn::ColumnStrides cs = column_strides(grad_columns, g, dt, "grad_columns");
+  const dcn::DType acc = dt == dcn::DType::Float64 ? dcn::DType::Float64 : dcn::DType::Float32;
+  if (dtype_of(grad_input) != acc)
+    throw std::invalid_argument(std::string("grad_input: expected accumulation dtype ") +
+                                dcn::dtype_name(acc));
+  const dcn::Strides4 ms = mask ? strides4(*mask) : dcn::Strides4{};
+  nb::gil_scoped_release release;
+  dcn::cpu::col2im(dt, g, grad_columns.data(), cs, offset.data(), strides4(offset),
+                   mask ? mask->data() : nullptr, ms, grad_input.data(), strides4(grad_input));
+}
+
+void coord_grad(const Array& grad_columns, const Array& input, const Array& offset,
+                std::optional<Array> mask, Array grad_offset, std::optional<Array> grad_mask,
+                Pair kernel, Pair stride, Pair padding, Pair dilation) {
+  const dcn::DType dt = dtype_of(input);
+  const dcn::Geometry g = kernel_geometry(input, dt, offset, mask, kernel, stride, padding, dilation);
+  const dcn::ColumnStrides cs = column_strides(grad_columns, g, dt, "grad_columns");
+  if (bool(mask) != bool(grad_mask))
+    throw std::invalid_argument("grad_mask: must be given exactly when mask is given");
+  const int64_t K = g.kernel_points();
+  const int64_t off_shape[4] = {g.batch, 2 * g.offset_groups * K, g.out_h, g.out_w};
+  require_shape(grad_offset, off_shape, "grad_offset");
+  if (dtype_of(grad_offset) != dt) throw std::invalid_argument("grad_offset: wrong dtype");
+  dcn::Strides4 ms{}, gms{};
+  if (mask) {
+    const int64_t m_shape[4] = {g.batch, g.offset_groups * K, g.out_h, g.out_w};
+    require_shape(*grad_mask, m_shape, "grad_mask");
+    if (dtype_of(*grad_mask) != dt) throw std::invalid_argument("grad_mask: wrong dtype");
+    ms = strides4(*mask);
+    gms = strides4(*grad_mask);
+  }
+  nb::gil_scoped_release release;
+  dcn::cpu::coord_grad(dt, g, grad_columns.data(), cs, input.data(), strides4(input),
+                       offset.data(), strides4(offset), mask ? mask->data() : nullptr, ms,
+                       grad_offset.data(), strides4(grad_offset),
+                       grad_mask ? grad_mask->data() : nullptr, gms);
+}
+
+}  // namespace
+
+NB_MODULE(_C, m) {
+  m.doc() = "dcn core kernels (CPU) over DLPack arrays";
+  m.def("geometry", &geometry, nb::arg("input"), nb::arg("weight"), nb::arg("offset"),
+        nb::arg("mask").none(), nb::arg("bias").none(), nb::arg("dtypes"), nb::arg("stride"),
+        nb::arg("padding"), nb::arg("dilation"), nb::arg("layout") = "NCHW",
+        "Validate shapes/dtypes/parameters; return the inferred geometry or raise ValueError.");
+  m.def("im2col", &im2col, nb::arg("input").noconvert(), nb::arg("offset").noconvert(),
+        nb::arg("mask").noconvert().none(), nb::arg("columns").noconvert(), nb::arg("kernel"),
+        nb::arg("stride"), nb::arg("padding"), nb::arg("dilation"));
+  m.def("col2im", &col2im, nb::arg("grad_columns").noconvert(), nb::arg("offset").noconvert(),
+        nb::arg("mask").noconvert().none(), nb::arg("grad_input").noconvert(), nb::arg("kernel"),
+        nb::arg("stride"), nb::arg("padding"), nb::arg("dilation"));
+  m.def("coord_grad", &coord_grad, nb::arg("grad_columns").noconvert(),
+        nb::arg("input").noconvert(), nb::arg("offset").noconvert(),
+        nb::arg("mask").noconvert().none(), nb::arg("grad_offset").noconvert(),
+        nb::arg("grad_mask").noconvert().none(), nb::arg("kernel"), nb::arg("stride"),
+        nb::arg("padding"), nb::arg("dilation"));
+  m.def("set_num_threads", &dcn::cpu::set_num_threads, nb::arg("n"));
+  m.def("get_num_threads", &dcn::cpu::get_num_threads);
+}

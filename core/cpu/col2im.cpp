@@ -1,0 +1,82 @@
+// Gradient w.r.t. input: the adjoint of im2col, a scatter of grad_columns
+// into the four corners of every sample.
+//
+// Races are avoided by ownership, not atomics: a task owns a block of
+// channel planes of one (image, offset group) and accumulates into them in a
+// fixed (k, pixel) order, so the result is bitwise the same for any thread
+// count and any run. The plan is computed once per (k, tile) for the whole
+// block of channels.
+#include <algorithm>
+
+#include "parallel.h"
+#include "plan.h"
+
+namespace dcn::cpu {
+namespace {
+
+template <typename S>
+void col2im_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const S* offset,
+                 Strides4 os, const S* mask, Strides4 ms, acc_t<S>* grad, Strides4 gs) {
+  using A = acc_t<S>;
+  const int64_t cpg = geo.channels_per_offset_group();
+  const int64_t K = geo.kernel_points();
+  const int64_t P = geo.out_pixels();
+  const int64_t tiles = ceil_div(P, kTile);
+  // Enough channel blocks to keep every thread busy; the split only decides
+  // who computes a plane, never the order in which a plane is summed.
+  const int64_t outer = geo.batch * geo.offset_groups;
+  const int64_t want = ceil_div(4 * int64_t(get_num_threads()), std::max<int64_t>(outer, 1));
+  const int64_t blocks = std::min(cpg, std::max<int64_t>(want, 1));
+  const int64_t block = ceil_div(cpg, blocks);
+
+  parallel_for(outer * blocks, [&](int64_t t) {
+    const int64_t b = t % blocks;
+    const int64_t g = (t / blocks) % geo.offset_groups;
+    const int64_t n = t / (blocks * geo.offset_groups);
+    const int64_t cg0 = b * block;
+    const int64_t cg1 = std::min(cpg, cg0 + block);
+    if (cg0 >= cg1) return;
+    for (int64_t cg = cg0; cg < cg1; ++cg) {
+      A* plane = grad + n * gs.n + (g * cpg + cg) * gs.c;
+      for (int64_t yy = 0; yy < geo.height; ++yy)
+        for (int64_t xx = 0; xx < geo.width; ++xx) plane[yy * gs.y + xx * gs.x] = A(0);
+    }
+    PlanEntry<A> plan[kTile];
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t tile = 0; tile < tiles; ++tile) {
+        TileTask task{n, g, k, tile * kTile, std::min(P, (tile + 1) * kTile)};
+        for_each_sample<A>(geo, task, offset, os, mask, ms, [&](int64_t i, A y, A x, A m) {
+          plan[i] = plan_entry(bilinear_corners<A, int64_t>(y, x, geo.height, geo.width, gs.y,
+                                                             gs.x, m, false));
+        });
+        const int64_t len = task.p1 - task.p0;
+        for (int64_t cg = cg0; cg < cg1; ++cg) {
+          A* plane = grad + n * gs.n + (g * cpg + cg) * gs.c;
+          const S* col = gcol + n * cs.n + g * cs.g + cg * cs.cg + k * cs.k + task.p0 * cs.p;
+          for (int64_t i = 0; i < len; ++i) {
+            const PlanEntry<A>& e = plan[i];
+            if (e.valid == 0u) continue;
+            const A gv = A(load(col[i * cs.p]));
+            for (int q = 0; q < 4; ++q)
+              if (e.valid >> q & 1u) plane[e.idx[q]] += e.w[q] * gv;
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void col2im(DType dtype, const Geometry& geo, const void* grad_columns, ColumnStrides columns_s,
+            const void* offset, Strides4 offset_s, const void* mask, Strides4 mask_s,
+            void* grad_input, Strides4 grad_input_s) {
+  dispatch_storage(dtype, [&](auto tag) {
+    using S = decltype(tag);
+    col2im_impl<S>(geo, static_cast<const S*>(grad_columns), columns_s,
+                   static_cast<const S*>(offset), offset_s, static_cast<const S*>(mask), mask_s,
+                   static_cast<acc_t<S>*>(grad_input), grad_input_s);
+  });
+}
+
+}  // namespace dcn::cpu

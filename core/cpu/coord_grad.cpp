@@ -1,0 +1,96 @@
+// Gradient w.r.t. offset and mask: for each sample, the sum over the
+// group's channels of grad_column times d(value)/d(dy, dx) and times the
+// unmodulated value. A task owns one (n, g, k, tile) and sums channels in
+// order, so results are deterministic for any thread count.
+#include <algorithm>
+
+#include "parallel.h"
+#include "plan.h"
+
+namespace dcn::cpu {
+namespace {
+
+template <typename A>
+struct GradEntry {
+  int64_t idx[4];
+  A w[4], wy[4], wx[4];
+  unsigned valid;
+  A mask;
+};
+
+template <typename S>
+void coord_grad_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const S* input,
+                     Strides4 is, const S* offset, Strides4 os, const S* mask, Strides4 ms,
+                     S* goff, Strides4 gos, S* gmask, Strides4 gms) {
+  using A = acc_t<S>;
+  const int64_t cpg = geo.channels_per_offset_group();
+  const int64_t K = geo.kernel_points();
+  parallel_for(num_tile_tasks(geo), [&](int64_t t) {
+    const TileTask task = tile_task(geo, t);
+    GradEntry<A> plan[kTile];
+    A acc_y[kTile], acc_x[kTile], acc_m[kTile];
+    for_each_sample<A>(geo, task, offset, os, mask, ms, [&](int64_t i, A y, A x, A m) {
+      // Unmodulated weights: the mask scales the offset gradient at the end
+      // and does not enter the mask's own gradient.
+      const Corners<A, int64_t> c =
+          bilinear_corners<A, int64_t>(y, x, geo.height, geo.width, is.y, is.x, A(1), true);
+      GradEntry<A>& e = plan[i];
+      for (int q = 0; q < 4; ++q) {
+        e.idx[q] = c.idx[q];
+        e.w[q] = c.w[q];
+        e.wy[q] = c.wy[q];
+        e.wx[q] = c.wx[q];
+      }
+      e.valid = c.valid;
+      e.mask = m;
+      acc_y[i] = acc_x[i] = acc_m[i] = A(0);
+    });
+    const int64_t len = task.p1 - task.p0;
+    for (int64_t cg = 0; cg < cpg; ++cg) {
+      const int64_t c = task.g * cpg + cg;
+      const S* plane = input + task.n * is.n + c * is.c;
+      const S* col = gcol + task.n * cs.n + task.g * cs.g + cg * cs.cg + task.k * cs.k +
+                     task.p0 * cs.p;
+      for (int64_t i = 0; i < len; ++i) {
+        const GradEntry<A>& e = plan[i];
+        if (e.valid == 0u) continue;
+        A v[4];
+        for (int q = 0; q < 4; ++q) v[q] = (e.valid >> q & 1u) ? A(load(plane[e.idx[q]])) : A(0);
+        const A gv = A(load(col[i * cs.p]));
+        acc_y[i] += gv * (e.wy[0] * v[0] + e.wy[1] * v[1] + e.wy[2] * v[2] + e.wy[3] * v[3]);
+        acc_x[i] += gv * (e.wx[0] * v[0] + e.wx[1] * v[1] + e.wx[2] * v[2] + e.wx[3] * v[3]);
+        acc_m[i] += gv * (e.w[0] * v[0] + e.w[1] * v[1] + e.w[2] * v[2] + e.w[3] * v[3]);
+      }
+    }
+    // Write back: pixel p -> (oy, ox).
+    S* gy = goff + task.n * gos.n + (task.g * 2 * K + 2 * task.k) * gos.c;
+    S* gx = gy + gos.c;
+    S* gm = gmask ? gmask + task.n * gms.n + (task.g * K + task.k) * gms.c : nullptr;
+    for (int64_t i = 0; i < len; ++i) {
+      const int64_t p = task.p0 + i;
+      const int64_t oy = p / geo.out_w;
+      const int64_t ox = p - oy * geo.out_w;
+      gy[oy * gos.y + ox * gos.x] = store<S>(plan[i].mask * acc_y[i]);
+      gx[oy * gos.y + ox * gos.x] = store<S>(plan[i].mask * acc_x[i]);
+      if (gm) gm[oy * gms.y + ox * gms.x] = store<S>(acc_m[i]);
+    }
+  });
+}
+
+}  // namespace
+
+void coord_grad(DType dtype, const Geometry& geo, const void* grad_columns,
+                ColumnStrides columns_s, const void* input, Strides4 input_s, const void* offset,
+                Strides4 offset_s, const void* mask, Strides4 mask_s, void* grad_offset,
+                Strides4 grad_offset_s, void* grad_mask, Strides4 grad_mask_s) {
+  dispatch_storage(dtype, [&](auto tag) {
+    using S = decltype(tag);
+    coord_grad_impl<S>(geo, static_cast<const S*>(grad_columns), columns_s,
+                       static_cast<const S*>(input), input_s, static_cast<const S*>(offset),
+                       offset_s, static_cast<const S*>(mask), mask_s,
+                       static_cast<S*>(grad_offset), grad_offset_s, static_cast<S*>(grad_mask),
+                       grad_mask_s);
+  });
+}
+
+}  // namespace dcn::cpu

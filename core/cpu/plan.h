@@ -1,0 +1,122 @@
+// The per-tile sampling plan shared by the three CPU kernels.
+//
+// A task owns one (image n, offset group g, kernel point k, pixel tile). It
+// evaluates the shared sampling math (dcn/sampling.h) once per output pixel
+// of the tile and then reuses the corner indices and weights for every
+// channel of the group: the work that does not depend on the channel is done
+// once, not C/G times.
+#pragma once
+#include <cstdint>
+#include <stdexcept>
+
+#include "dcn/cpu.h"
+#include "dcn/sampling.h"
+#include "dcn/storage.h"
+
+namespace dcn::cpu {
+
+// Output pixels per task: the plan (~48 bytes a pixel) stays in L1/L2.
+constexpr int64_t kTile = 256;
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Calls fn(dtype_tag) with a value of the storage type for `d`.
+template <typename Fn>
+void dispatch_storage(DType d, Fn&& fn) {
+  switch (d) {
+    case DType::Float32: fn(float{}); break;
+    case DType::Float64: fn(double{}); break;
+    case DType::Float16: fn(f16{}); break;
+    case DType::BFloat16: fn(bf16{}); break;
+    default: throw std::invalid_argument("dcn: unsupported dtype");
+  }
+}
+
+// Position of one task in the (n, g, k, tile) grid.
+struct TileTask {
+  int64_t n, g, k, p0, p1;
+};
+
+inline int64_t num_tile_tasks(const Geometry& geo) {
+  return geo.batch * geo.offset_groups * geo.kernel_points() *
+         ceil_div(geo.out_pixels(), kTile);
+}
+
+inline TileTask tile_task(const Geometry& geo, int64_t t) {
+  const int64_t tiles = ceil_div(geo.out_pixels(), kTile);
+  const int64_t K = geo.kernel_points();
+  TileTask r;
+  const int64_t tile = t % tiles;
+  t /= tiles;
+  r.k = t % K;
+  t /= K;
+  r.g = t % geo.offset_groups;
+  r.n = t / geo.offset_groups;
+  r.p0 = tile * kTile;
+  r.p1 = r.p0 + kTile < geo.out_pixels() ? r.p0 + kTile : geo.out_pixels();
+  return r;
+}
+
+// Calls fn(i, y, x, m) for each output pixel p0+i of the task with the sample
+// coordinates (y, x) of kernel point k and its mask value m (1 without mask),
+// all in the accumulation type A.
+template <typename A, typename S, typename Fn>
+inline void for_each_sample(const Geometry& geo, const TileTask& task, const S* offset,
+                            Strides4 os, const S* mask, Strides4 ms, Fn&& fn) {
+  const int64_t K = geo.kernel_points();
+  const int64_t ki = task.k / geo.kernel_w;
+  const int64_t kj = task.k % geo.kernel_w;
+  const S* off_y = offset + task.n * os.n + (task.g * 2 * K + 2 * task.k) * os.c;
+  const S* off_x = off_y + os.c;
+  const S* m_ptr = mask ? mask + task.n * ms.n + (task.g * K + task.k) * ms.c : nullptr;
+  int64_t oy = task.p0 / geo.out_w;
+  int64_t ox = task.p0 - oy * geo.out_w;
+  for (int64_t p = task.p0; p < task.p1; ++p) {
+    const int64_t o_at = oy * os.y + ox * os.x;
+    const A dy = load(off_y[o_at]);
+    const A dx = load(off_x[o_at]);
+    const A m = m_ptr ? A(load(m_ptr[oy * ms.y + ox * ms.x])) : A(1);
+    const A y = sample_coord<A, int64_t>(oy, geo.stride_h, geo.pad_h, ki, geo.dilation_h, dy);
+    const A x = sample_coord<A, int64_t>(ox, geo.stride_w, geo.pad_w, kj, geo.dilation_w, dx);
+    fn(p - task.p0, y, x, m);
+    if (++ox == geo.out_w) {
+      ox = 0;
+      ++oy;
+    }
+  }
+}
+
+// Value weights only: what im2col and col2im need.
+template <typename A>
+struct PlanEntry {
+  int64_t idx[4];
+  A w[4];
+  unsigned valid;
+};
+
+template <typename A>
+inline PlanEntry<A> plan_entry(const Corners<A, int64_t>& c) {
+  PlanEntry<A> e;
+  for (int q = 0; q < 4; ++q) {
+    e.idx[q] = c.idx[q];
+    e.w[q] = c.w[q];
+  }
+  // Corners that carry no forward weight are skipped entirely.
+  e.valid = (c.w[0] != A(0) || c.w[1] != A(0) || c.w[2] != A(0) || c.w[3] != A(0)) ? c.valid : 0u;
+  return e;
+}
+
+// sum_q w[q] * plane[idx[q]] over the valid corners, never reading the others.
+template <typename A, typename S>
+inline A gather(const PlanEntry<A>& e, const S* plane) {
+  if (e.valid == 15u) {
+    return e.w[0] * A(load(plane[e.idx[0]])) + e.w[1] * A(load(plane[e.idx[1]])) +
+           e.w[2] * A(load(plane[e.idx[2]])) + e.w[3] * A(load(plane[e.idx[3]]));
+  }
+  A v = A(0);
+  for (int q = 0; q < 4; ++q)
+    if (e.valid >> q & 1u) v += e.w[q] * A(load(plane[e.idx[q]]));
+  return v;
+}
+
+}  // namespace dcn::cpu

@@ -1,0 +1,58 @@
+// CPU entry points. Framework-free: raw pointers, element strides and a
+// Geometry from resolve_geometry(). Every array may have arbitrary strides
+// (NCHW, NHWC, or any view), so frontends never copy to reorder.
+//
+// Shapes in logical terms (K = kh*kw, G = offset groups, P = out_h*out_w):
+//   input      (N, C, H, W)            strides Strides4 {n, c, y, x}
+//   offset     (N, 2*G*K, out_h, out_w) strides Strides4 {n, channel, y, x}
+//   mask       (N, G*K, out_h, out_w)   optional (nullptr when absent)
+//   columns    (N, C, K, P)             strides ColumnStrides; channel c = g*C/G + cg
+// Storage dtype is one of DType; accumulation is float (f32/f16/bf16) or
+// double (f64). All indices are 64-bit.
+#pragma once
+#include <cstdint>
+
+#include "dcn/params.h"
+
+namespace dcn {
+
+struct Strides4 {
+  int64_t n = 0, c = 0, y = 0, x = 0;
+};
+
+// Columns are addressed per offset group g and channel-in-group cg so one
+// kernel serves torch's (N, C*K, P) and MLX's (N, P, [g, k, cg]) layouts.
+struct ColumnStrides {
+  int64_t n = 0, g = 0, cg = 0, k = 0, p = 0;
+};
+
+namespace cpu {
+
+// columns = mask * bilinear(input, offset): the deformable im2col.
+void im2col(DType dtype, const Geometry& geo, const void* input, Strides4 input_s,
+            const void* offset, Strides4 offset_s, const void* mask, Strides4 mask_s,
+            void* columns, ColumnStrides columns_s);
+
+// grad_input = adjoint of im2col applied to grad_columns. grad_input is
+// written whole (zeroed first) in the accumulation type: float for
+// f32/f16/bf16, double for f64. Deterministic: each channel plane is owned by
+// one task and accumulated in a fixed order, whatever the thread count.
+void col2im(DType dtype, const Geometry& geo, const void* grad_columns,
+            ColumnStrides columns_s, const void* offset, Strides4 offset_s, const void* mask,
+            Strides4 mask_s, void* grad_input, Strides4 grad_input_s);
+
+// grad_offset and grad_mask (grad_mask may be nullptr; must be nullptr when
+// there is no mask) from grad_columns, in the storage dtype. Deterministic.
+void coord_grad(DType dtype, const Geometry& geo, const void* grad_columns,
+                ColumnStrides columns_s, const void* input, Strides4 input_s,
+                const void* offset, Strides4 offset_s, const void* mask, Strides4 mask_s,
+                void* grad_offset, Strides4 grad_offset_s, void* grad_mask,
+                Strides4 grad_mask_s);
+
+// Worker threads used by the kernels above (the caller's thread included).
+// 0 restores the default: the hardware concurrency.
+void set_num_threads(int n);
+int get_num_threads();
+
+}  // namespace cpu
+}  // namespace dcn

@@ -1,0 +1,124 @@
+// The sampling math of deformable convolution, written once.
+//
+// Everything here is a pure function of scalars, so the same header is used
+// by the CPU kernels, the CUDA kernels (DCN_FN = __host__ __device__) and the
+// Metal kernels (no references, no pointers, no std::): structs are passed
+// and returned by value so no address-space qualifier is ever needed.
+//
+// Semantics are torchvision's deform_conv2d:
+//   y = oy*stride_h - pad_h + i*dil_h + dy,   x = ox*stride_w - pad_w + j*dil_w + dx
+//   value = bilinear(plane, y, x), 0 when y <= -1 || y >= H || x <= -1 || x >= W,
+//   corners outside the plane count as 0.
+// T is the coordinate/accumulation type (float for f32/f16/bf16, double for
+// f64); I is the index type (32- or 64-bit, chosen by the caller).
+#pragma once
+#include "dcn/macros.h"
+
+namespace dcn {
+
+// The four corners of one bilinear sample, in the order
+// (y_low, x_low), (y_low, x_high), (y_high, x_low), (y_high, x_high).
+// idx: element offsets inside one channel plane (y*stride_y + x*stride_x);
+// a corner outside the plane has idx 0, every weight 0 and its bit in
+// `valid` clear, so a kernel may read plane[idx[q]] unconditionally and stay
+// inside its buffer, or test the bit to skip it (as torchvision does, which
+// keeps an inf/NaN pixel elsewhere in the plane from leaking in as 0*inf).
+template <typename T, typename I>
+struct Corners {
+  I idx[4];
+  unsigned valid;  // bit q set: corner q lies inside the plane
+  T w[4];   // bilinear weights (times `scale`); all 0 outside the forward's region
+  T wy[4];  // d(value)/dy per corner value (torchvision's offset-gradient rule)
+  T wx[4];  // d(value)/dx per corner value
+};
+
+// Sample coordinate along one axis: integer grid position plus the learned
+// offset. The integer part is formed exactly in integers first, as torchvision
+// does, so integer offsets land exactly on pixels.
+template <typename T, typename I>
+DCN_FN T sample_coord(I out_pos, I stride, I pad, I k, I dil, T offset) {
+  return T(out_pos * stride - pad + k * dil) + offset;
+}
+
+// True when the forward samples a nonzero value: -1 < y < H and -1 < x < W.
+// Written so that NaN compares false and counts as outside.
+template <typename T, typename I>
+DCN_FN bool inside_forward(T y, T x, I H, I W) {
+  return y > T(-1) && y < T(H) && x > T(-1) && x < T(W);
+}
+
+// Region where torchvision's offset gradient can be nonzero: -1 <= y < H and
+// -1 <= x < W. It does not apply the forward's early exit, so at exactly
+// y == -1 (or x == -1) the forward value is 0 but the gradient is not
+// (pytorch/vision#6885). NaN compares false here too, so no NaN ever reaches
+// the float -> int conversion below.
+template <typename T, typename I>
+DCN_FN bool inside_gradient(T y, T x, I H, I W) {
+  return y >= T(-1) && y < T(H) && x >= T(-1) && x < T(W);
+}
+
+// Corner indices and weights for a sample at (y, x) of an H x W plane with
+// element strides (sy, sx). `scale` multiplies the value weights w (the
+// modulation mask, folded in once so every channel reuses it). When
+// `with_grad` is false, wy and wx are left 0 and cost nothing.
+template <typename T, typename I>
+DCN_FN Corners<T, I> bilinear_corners(T y, T x, I H, I W, I sy, I sx, T scale,
+                                      bool with_grad) {
+  Corners<T, I> c;
+  c.valid = 0u;
+  for (int q = 0; q < 4; ++q) {
+    c.idx[q] = I(0);
+    c.w[q] = T(0);
+    c.wy[q] = T(0);
+    c.wx[q] = T(0);
+  }
+  const bool fwd = inside_forward(y, x, H, W);
+  const bool grad = with_grad && inside_gradient(y, x, H, W);
+  if (!fwd && !grad) return c;
+
+  const T yf = DCN_FLOOR(y);
+  const T xf = DCN_FLOOR(x);
+  const I y0 = I(yf);
+  const I x0 = I(xf);
+  const I y1 = y0 + 1;
+  const I x1 = x0 + 1;
+  const T ly = y - yf;
+  const T lx = x - xf;
+  const T hy = T(1) - ly;
+  const T hx = T(1) - lx;
+
+  const bool vy0 = y0 >= 0 && y0 < H;
+  const bool vy1 = y1 >= 0 && y1 < H;
+  const bool vx0 = x0 >= 0 && x0 < W;
+  const bool vx1 = x1 >= 0 && x1 < W;
+  const bool valid[4] = {vy0 && vx0, vy0 && vx1, vy1 && vx0, vy1 && vx1};
+  const I cy[4] = {y0, y0, y1, y1};
+  const I cx[4] = {x0, x1, x0, x1};
+  const T bw[4] = {hy * hx, hy * lx, ly * hx, ly * lx};
+  // d(bilinear)/dy and d(bilinear)/dx of each corner's weight.
+  const T dy[4] = {-hx, -lx, hx, lx};
+  const T dx[4] = {-hy, hy, -ly, ly};
+
+  for (int q = 0; q < 4; ++q) {
+    if (!valid[q]) continue;
+    c.valid |= 1u << q;
+    c.idx[q] = cy[q] * sy + cx[q] * sx;
+    if (fwd) c.w[q] = scale * bw[q];
+    if (grad) {
+      c.wy[q] = dy[q];
+      c.wx[q] = dx[q];
+    }
+  }
+  return c;
+}
+
+// Output size of one spatial axis: (in + 2*pad - dil*(k-1) - 1) / stride + 1.
+// Returns a value < 1 when the kernel does not fit (the caller reports it).
+template <typename I>
+DCN_FN I conv_out_size(I in, I k, I stride, I pad, I dil) {
+  const I span = in + 2 * pad - dil * (k - 1) - 1;
+  if (span < 0) return 0;
+  return span / stride + 1;
+}
+
+}  // namespace dcn

@@ -1,0 +1,1 @@
+"""MLX frontend (coming with issue 3)."""

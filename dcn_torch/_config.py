@@ -1,0 +1,58 @@
+"""Process-wide settings: CPU thread count and the column workspace budget."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from . import _C
+
+# Columns for one batch chunk are (chunk, C*kh*kw, out_h, out_w); the chunk is
+# the largest batch slice whose columns fit this budget (at least one image).
+# The backward holds two such buffers (columns and their gradient).
+DEFAULT_WORKSPACE_BYTES = 256 * 1024 * 1024
+
+_workspace_bytes = int(os.environ.get("DCN_WORKSPACE_MB", "0")) * 1024 * 1024 or DEFAULT_WORKSPACE_BYTES
+_threads_override = int(os.environ.get("DCN_NUM_THREADS", "0"))
+_threads_applied = 0
+
+
+def set_num_threads(n: int) -> None:
+    """Threads used by dcn's CPU kernels. 0 (the default) follows
+    ``torch.get_num_threads()``, so dcn never runs more threads than torch."""
+    global _threads_override
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"set_num_threads: expected an int >= 0, got {n!r}")
+    _threads_override = n
+
+
+def get_num_threads() -> int:
+    return _threads_override or torch.get_num_threads()
+
+
+def apply_num_threads() -> None:
+    """Called before every CPU kernel launch; cheap when nothing changed."""
+    global _threads_applied
+    n = get_num_threads()
+    if n != _threads_applied:
+        _C.set_num_threads(n)
+        _threads_applied = n
+
+
+def set_workspace_limit(nbytes: int) -> None:
+    """Upper bound, in bytes, of one column buffer (default 256 MiB). Batches
+    are processed in chunks that fit it; a single image always runs whole."""
+    global _workspace_bytes
+    if not isinstance(nbytes, int) or nbytes < 1:
+        raise ValueError(f"set_workspace_limit: expected a positive int (bytes), got {nbytes!r}")
+    _workspace_bytes = nbytes
+
+
+def get_workspace_limit() -> int:
+    return _workspace_bytes
+
+
+def chunk_size(batch: int, bytes_per_image: int) -> int:
+    if batch <= 0:
+        return 0
+    return max(1, min(batch, _workspace_bytes // max(bytes_per_image, 1)))

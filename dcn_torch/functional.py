@@ -1,0 +1,69 @@
+"""``deform_conv2d``: the signature and semantics of ``torchvision.ops.deform_conv2d``."""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from . import ops  # registers torch.ops.dcn.*
+
+IntPair = Union[int, Tuple[int, int]]
+
+
+def _pair(v: IntPair, name: str) -> Tuple[int, int]:
+    if isinstance(v, bool):
+        raise TypeError(f"{name}: expected an int or a pair of ints, got {v!r}")
+    if isinstance(v, int):
+        return (v, v)
+    try:
+        a, b = v
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected an int or a pair of ints, got {v!r}") from None
+    if not all(isinstance(x, int) and not isinstance(x, bool) for x in (a, b)):
+        raise TypeError(f"{name}: expected an int or a pair of ints, got {v!r}")
+    return (int(a), int(b))
+
+
+def _check_tensor(t, name: str, optional: bool = False) -> None:
+    if t is None and optional:
+        return
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if not (t.is_floating_point()):
+        raise TypeError(
+            f"{name}: expected a floating-point tensor (float32, float64, float16 or bfloat16), "
+            f"got dtype {t.dtype}")
+
+
+def deform_conv2d(
+    input: Tensor,
+    offset: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    stride: IntPair = (1, 1),
+    padding: IntPair = (0, 0),
+    dilation: IntPair = (1, 1),
+    mask: Optional[Tensor] = None,
+) -> Tensor:
+    """Deformable convolution v2 (v1 when ``mask`` is None), exactly as
+    ``torchvision.ops.deform_conv2d``.
+
+    input (N, C, H, W); offset (N, 2*G*kh*kw, Ho, Wo) with (dy, dx) pairs per
+    kernel point; weight (O, C/groups, kh, kw); mask (N, G*kh*kw, Ho, Wo);
+    bias (O,). ``groups`` and the offset group count G are inferred from the
+    shapes. Returns (N, O, Ho, Wo).
+    """
+    for t, name, opt in ((input, "input", False), (offset, "offset", False),
+                         (weight, "weight", False), (mask, "mask", True), (bias, "bias", True)):
+        _check_tensor(t, name, opt)
+    stride_, padding_, dilation_ = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    devices = {t.device for t in (input, offset, weight, mask, bias) if t is not None}
+    if len(devices) > 1:
+        raise ValueError(
+            "input, offset, weight, mask and bias must be on one device, got "
+            + ", ".join(sorted(str(d) for d in devices)))
+    if not torch.compiler.is_compiling():
+        ops.check_args(input, weight, offset, mask, bias, stride_, padding_, dilation_)
+    return torch.ops.dcn.deform_conv2d(input, weight, offset, mask, bias,
+                                       stride_, padding_, dilation_)

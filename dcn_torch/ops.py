@@ -1,0 +1,205 @@
+"""The torch.library ops ``dcn::deform_conv2d`` and ``dcn::deform_conv2d_backward``.
+
+The C++ core does the deformable sampling (im2col), its adjoint (col2im) and
+the coordinate gradient; the weight products run on torch's own GEMMs. Batches
+are processed in chunks whose column buffer fits the workspace budget
+(``dcn_torch.set_workspace_limit``), so memory never grows with the batch.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _C, _config
+
+_lib = torch.library.Library("dcn", "DEF")  # kept alive at module level
+_lib.define(
+    "deform_conv2d(Tensor input, Tensor weight, Tensor offset, Tensor? mask, Tensor? bias, "
+    "int[2] stride, int[2] padding, int[2] dilation) -> Tensor"
+)
+_lib.define(
+    "deform_conv2d_backward(Tensor grad, Tensor input, Tensor weight, Tensor offset, "
+    "Tensor? mask, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, "
+    "bool[5] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+
+_DTYPE_NAMES = {
+    torch.float32: "float32",
+    torch.float64: "float64",
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+}
+
+
+def dtype_name(t: Optional[Tensor]) -> str:
+    return "float32" if t is None else _DTYPE_NAMES.get(t.dtype, "other")
+
+
+def check_args(input, weight, offset, mask, bias, stride, padding, dilation) -> dict:
+    """Validate everything in the core (one place for every frontend); raise
+    ValueError naming the argument, what it got and what was expected."""
+    shapes = [None if t is None else list(t.shape) for t in (input, weight, offset, mask, bias)]
+    dtypes = [dtype_name(t) for t in (input, weight, offset, mask, bias)]
+    return _C.geometry(shapes[0], shapes[1], shapes[2], shapes[3], shapes[4], dtypes,
+                       tuple(stride), tuple(padding), tuple(dilation), "NCHW")
+
+
+def _out_size(size, k, s, p, d):
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _params(stride, padding, dilation) -> dict:
+    return dict(kernel=None, stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation))
+
+
+def _detached(t: Optional[Tensor]) -> Optional[Tensor]:
+    # DLPack refuses tensors that require grad; the kernels only read them.
+    return None if t is None else t.detach()
+
+
+def _sample(input: Tensor, offset: Tensor, mask: Optional[Tensor], cols: Tensor, kernel, p) -> None:
+    _C.im2col(input, offset, mask, cols, kernel, p["stride"], p["padding"], p["dilation"])
+
+
+# ---------------------------------------------------------------- forward (CPU)
+def _forward_cpu(input, weight, offset, mask, bias, stride, padding, dilation):
+    geo = check_args(input, weight, offset, mask, bias, stride, padding, dilation)
+    _config.apply_num_threads()
+    N, C = geo["batch"], geo["channels"]
+    O, groups = geo["out_channels"], geo["groups"]
+    kh, kw = geo["kernel"]
+    Ho, Wo = geo["out_size"]
+    K, P = kh * kw, Ho * Wo
+    out = input.new_empty((N, O, Ho, Wo))
+    if N == 0:
+        return out
+    x, off, m = _detached(input), _detached(offset), _detached(mask)
+    w = _detached(weight).reshape(groups, O // groups, (C // groups) * K)
+    b = None if bias is None else _detached(bias).view(1, O, 1)
+    chunk = _config.chunk_size(N, C * K * P * input.element_size())
+    cols = input.new_empty((chunk, C * K, Ho, Wo))
+    p = _params(stride, padding, dilation)
+    for n0 in range(0, N, chunk):
+        n1 = min(N, n0 + chunk)
+        c = cols[: n1 - n0]
+        _sample(x[n0:n1], off[n0:n1], None if m is None else m[n0:n1], c, (kh, kw), p)
+        # out[n, g] = w[g] @ cols[n, g]: a batched GEMM written into the output.
+        dst = out[n0:n1].view(n1 - n0, groups, O // groups, P)
+        torch.matmul(w, c.view(n1 - n0, groups, (C // groups) * K, P), out=dst)
+        if b is not None:
+            out[n0:n1].view(n1 - n0, O, P).add_(b)
+    return out
+
+
+# --------------------------------------------------------------- backward (CPU)
+def _backward_cpu(grad, input, weight, offset, mask, bias, stride, padding, dilation, output_mask):
+    geo = check_args(input, weight, offset, mask, bias, stride, padding, dilation)
+    _config.apply_num_threads()
+    need_in, need_w, need_off, need_mask, need_b = output_mask
+    need_mask = need_mask and mask is not None
+    need_b = need_b and bias is not None
+    N, C = geo["batch"], geo["channels"]
+    O, groups = geo["out_channels"], geo["groups"]
+    kh, kw = geo["kernel"]
+    Ho, Wo = geo["out_size"]
+    K, P, Cg, Og = kh * kw, Ho * Wo, C // groups, O // groups
+    empty = input.new_empty((0,))
+    acc = torch.float64 if input.dtype == torch.float64 else torch.float32
+
+    grad_input = torch.zeros(input.shape, dtype=acc) if need_in else None
+    grad_weight = torch.zeros((groups, Og, Cg * K), dtype=acc) if need_w else None
+    grad_offset = offset.new_zeros(offset.shape) if (need_off or need_mask) else None
+    grad_mask = mask.new_zeros(mask.shape) if (mask is not None and (need_off or need_mask)) else None
+
+    if N > 0 and (need_in or need_w or need_off or need_mask):
+        x, off, m = _detached(input), _detached(offset), _detached(mask)
+        g = grad.detach().contiguous()
+        w = _detached(weight).reshape(groups, Og, Cg * K)
+        wt = w.transpose(1, 2)
+        p = _params(stride, padding, dilation)
+        chunk = _config.chunk_size(N, C * K * P * input.element_size())
+        cols = input.new_empty((chunk, C * K, Ho, Wo)) if need_w else None
+        gcols = input.new_empty((chunk, C * K, Ho, Wo)) if (need_in or need_off or need_mask) else None
+        for n0 in range(0, N, chunk):
+            n1 = min(N, n0 + chunk)
+            nc = n1 - n0
+            gv = g[n0:n1].view(nc, groups, Og, P)
+            mc = None if m is None else m[n0:n1]
+            if need_w:
+                c = cols[:nc]
+                _sample(x[n0:n1], off[n0:n1], mc, c, (kh, kw), p)
+                cv = c.view(nc, groups, Cg * K, P)
+                # sum over images of grad[n, g] @ cols[n, g]^T
+                gw = torch.matmul(gv, cv.transpose(2, 3))
+                grad_weight += gw.sum(0, dtype=acc)
+            if gcols is not None:
+                gc = gcols[:nc]
+                torch.matmul(wt, gv, out=gc.view(nc, groups, Cg * K, P))
+                if need_in:
+                    _C.col2im(gc, off[n0:n1], mc, grad_input[n0:n1], (kh, kw), p["stride"],
+                              p["padding"], p["dilation"])
+                if need_off or need_mask:
+                    _C.coord_grad(gc, x[n0:n1], off[n0:n1], mc, grad_offset[n0:n1],
+                                  None if grad_mask is None else grad_mask[n0:n1], (kh, kw),
+                                  p["stride"], p["padding"], p["dilation"])
+
+    gi = grad_input.to(input.dtype) if need_in else empty
+    gw = grad_weight.view(weight.shape).to(weight.dtype) if need_w else empty
+    go = grad_offset if need_off else empty
+    gm = grad_mask if need_mask else empty
+    gb = grad.sum((0, 2, 3), dtype=acc).to(bias.dtype) if need_b else empty
+    return gi, gw, go, gm, gb
+
+
+_lib.impl("deform_conv2d", _forward_cpu, "CPU")
+_lib.impl("deform_conv2d_backward", _backward_cpu, "CPU")
+
+
+# ------------------------------------------------------------------ fake kernels
+@torch.library.register_fake("dcn::deform_conv2d")
+def _forward_fake(input, weight, offset, mask, bias, stride, padding, dilation):
+    if all(isinstance(d, int) for t in (input, weight, offset) for d in t.shape):
+        check_args(input, weight, offset, mask, bias, stride, padding, dilation)
+    kh, kw = weight.shape[2], weight.shape[3]
+    Ho = _out_size(input.shape[2], kh, stride[0], padding[0], dilation[0])
+    Wo = _out_size(input.shape[3], kw, stride[1], padding[1], dilation[1])
+    return input.new_empty((input.shape[0], weight.shape[0], Ho, Wo))
+
+
+@torch.library.register_fake("dcn::deform_conv2d_backward")
+def _backward_fake(grad, input, weight, offset, mask, bias, stride, padding, dilation, output_mask):
+    need_in, need_w, need_off, need_mask, need_b = output_mask
+    empty = input.new_empty((0,))
+    return (
+        input.new_empty(input.shape) if need_in else empty,
+        weight.new_empty(weight.shape) if need_w else empty,
+        offset.new_empty(offset.shape) if need_off else empty,
+        mask.new_empty(mask.shape) if (need_mask and mask is not None) else empty,
+        bias.new_empty(bias.shape) if (need_b and bias is not None) else empty,
+    )
+
+
+# ---------------------------------------------------------------------- autograd
+def _setup_context(ctx, inputs, output):
+    input, weight, offset, mask, bias, stride, padding, dilation = inputs
+    ctx.save_for_backward(input, weight, offset, mask, bias)
+    ctx.params = (stride, padding, dilation)
+
+
+def _autograd_backward(ctx, grad):
+    input, weight, offset, mask, bias = ctx.saved_tensors
+    stride, padding, dilation = ctx.params
+    needs = ctx.needs_input_grad
+    output_mask = [needs[0], needs[1], needs[2], mask is not None and needs[3],
+                   bias is not None and needs[4]]
+    gi, gw, go, gm, gb = torch.ops.dcn.deform_conv2d_backward(
+        grad, input, weight, offset, mask, bias, stride, padding, dilation, output_mask)
+    return (gi if output_mask[0] else None, gw if output_mask[1] else None,
+            go if output_mask[2] else None, gm if output_mask[3] else None,
+            gb if output_mask[4] else None, None, None, None)
+
+
+torch.library.register_autograd("dcn::deform_conv2d", _autograd_backward,
+                                setup_context=_setup_context)
