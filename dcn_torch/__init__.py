@@ -8,6 +8,7 @@ from ._config import (DEFAULT_WORKSPACE_BYTES, get_num_threads, get_workspace_li
 from .functional import deform_conv2d
 from .modules import DeformConv2d
 from .info import build_info
+from ._workspace import empty_cache
 
 __all__ = ["deform_conv2d", "DeformConv2d", "set_num_threads", "get_num_threads",
-           "set_workspace_limit", "get_workspace_limit", "DEFAULT_WORKSPACE_BYTES", "build_info"]
+           "set_workspace_limit", "get_workspace_limit", "DEFAULT_WORKSPACE_BYTES", "build_info", "empty_cache"]

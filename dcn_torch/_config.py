@@ -46,6 +46,9 @@ def set_workspace_limit(nbytes: int) -> None:
     if not isinstance(nbytes, int) or nbytes < 1:
         raise ValueError(f"set_workspace_limit: expected a positive int (bytes), got {nbytes!r}")
     _workspace_bytes = nbytes
+    from . import _workspace
+
+    _workspace.empty_cache()  # do not keep a buffer sized for the old budget
 
 
 def get_workspace_limit() -> int:

@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from . import _C, _config
+from . import _C, _config, _workspace
 
 _lib = torch.library.Library("dcn", "DEF")  # kept alive at module level
 _lib.define(
@@ -51,7 +51,7 @@ def _out_size(size, k, s, p, d):
 
 
 def _params(stride, padding, dilation) -> dict:
-    return dict(kernel=None, stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation))
+    return dict(stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation))
 
 
 def _detached(t: Optional[Tensor]) -> Optional[Tensor]:
@@ -79,7 +79,7 @@ def _forward_cpu(input, weight, offset, mask, bias, stride, padding, dilation):
     w = _detached(weight).reshape(groups, O // groups, (C // groups) * K)
     b = None if bias is None else _detached(bias).view(1, O, 1)
     chunk = _config.chunk_size(N, C * K * P * input.element_size())
-    cols = input.new_empty((chunk, C * K, Ho, Wo))
+    cols = _workspace.get(chunk * C * K * P, input.dtype, input.device).view(chunk, C * K, Ho, Wo)
     p = _params(stride, padding, dilation)
     for n0 in range(0, N, chunk):
         n1 = min(N, n0 + chunk)
@@ -108,10 +108,11 @@ def _backward_cpu(grad, input, weight, offset, mask, bias, stride, padding, dila
     empty = input.new_empty((0,))
     acc = torch.float64 if input.dtype == torch.float64 else torch.float32
 
-    grad_input = torch.zeros(input.shape, dtype=acc) if need_in else None
+    # col2im and coord_grad write every element: no zero fill needed.
+    grad_input = torch.empty(input.shape, dtype=acc) if need_in else None
     grad_weight = torch.zeros((groups, Og, Cg * K), dtype=acc) if need_w else None
-    grad_offset = offset.new_zeros(offset.shape) if (need_off or need_mask) else None
-    grad_mask = mask.new_zeros(mask.shape) if (mask is not None and (need_off or need_mask)) else None
+    grad_offset = offset.new_empty(offset.shape) if (need_off or need_mask) else None
+    grad_mask = mask.new_empty(mask.shape) if (mask is not None and (need_off or need_mask)) else None
 
     if N > 0 and (need_in or need_w or need_off or need_mask):
         x, off, m = _detached(input), _detached(offset), _detached(mask)
@@ -120,8 +121,11 @@ def _backward_cpu(grad, input, weight, offset, mask, bias, stride, padding, dila
         wt = w.transpose(1, 2)
         p = _params(stride, padding, dilation)
         chunk = _config.chunk_size(N, C * K * P * input.element_size())
-        cols = input.new_empty((chunk, C * K, Ho, Wo)) if need_w else None
-        gcols = input.new_empty((chunk, C * K, Ho, Wo)) if (need_in or need_off or need_mask) else None
+        shape = (chunk, C * K, Ho, Wo)
+        numel = chunk * C * K * P
+        cols = _workspace.get(numel, input.dtype, input.device, 0).view(shape) if need_w else None
+        gcols = (_workspace.get(numel, input.dtype, input.device, 1).view(shape)
+                 if (need_in or need_off or need_mask) else None)
         for n0 in range(0, N, chunk):
             n1 = min(N, n0 + chunk)
             nc = n1 - n0

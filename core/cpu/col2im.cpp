@@ -42,6 +42,7 @@ void col2im_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const S* 
         for (int64_t xx = 0; xx < geo.width; ++xx) plane[yy * gs.y + xx * gs.x] = A(0);
     }
     PlanEntry<A> plan[kTile];
+    const CornerOffsets co(gs.y, gs.x);
     for (int64_t k = 0; k < K; ++k) {
       for (int64_t tile = 0; tile < tiles; ++tile) {
         TileTask task{n, g, k, tile * kTile, std::min(P, (tile + 1) * kTile)};
@@ -57,8 +58,16 @@ void col2im_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const S* 
             const PlanEntry<A>& e = plan[i];
             if (e.valid == 0u) continue;
             const A gv = A(load(col[i * cs.p]));
-            for (int q = 0; q < 4; ++q)
-              if (e.valid >> q & 1u) plane[e.idx[q]] += e.w[q] * gv;
+            const int64_t b = e.base;
+            if (e.valid == 15u) {
+              plane[b + co.at[0]] += e.w[0] * gv;
+              plane[b + co.at[1]] += e.w[1] * gv;
+              plane[b + co.at[2]] += e.w[2] * gv;
+              plane[b + co.at[3]] += e.w[3] * gv;
+            } else {
+              for (int q = 0; q < 4; ++q)
+                if (e.valid >> q & 1u) plane[b + co.at[q]] += e.w[q] * gv;
+            }
           }
         }
       }

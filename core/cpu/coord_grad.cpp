@@ -12,7 +12,7 @@ namespace {
 
 template <typename A>
 struct GradEntry {
-  int64_t idx[4];
+  int64_t base;
   A w[4], wy[4], wx[4];
   unsigned valid;
   A mask;
@@ -25,6 +25,7 @@ void coord_grad_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const
   using A = acc_t<S>;
   const int64_t cpg = geo.channels_per_offset_group();
   const int64_t K = geo.kernel_points();
+  const CornerOffsets co(is.y, is.x);
   parallel_for(num_tile_tasks(geo), [&](int64_t t) {
     const TileTask task = tile_task(geo, t);
     GradEntry<A> plan[kTile];
@@ -35,8 +36,8 @@ void coord_grad_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const
       const Corners<A, int64_t> c =
           bilinear_corners<A, int64_t>(y, x, geo.height, geo.width, is.y, is.x, A(1), true);
       GradEntry<A>& e = plan[i];
+      e.base = c.base;
       for (int q = 0; q < 4; ++q) {
-        e.idx[q] = c.idx[q];
         e.w[q] = c.w[q];
         e.wy[q] = c.wy[q];
         e.wx[q] = c.wx[q];
@@ -54,8 +55,13 @@ void coord_grad_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const
       for (int64_t i = 0; i < len; ++i) {
         const GradEntry<A>& e = plan[i];
         if (e.valid == 0u) continue;
+        const int64_t b = e.base;
         A v[4];
-        for (int q = 0; q < 4; ++q) v[q] = (e.valid >> q & 1u) ? A(load(plane[e.idx[q]])) : A(0);
+        if (e.valid == 15u) {
+          for (int q = 0; q < 4; ++q) v[q] = A(load(plane[b + co.at[q]]));
+        } else {
+          for (int q = 0; q < 4; ++q) v[q] = (e.valid >> q & 1u) ? A(load(plane[b + co.at[q]])) : A(0);
+        }
         const A gv = A(load(col[i * cs.p]));
         acc_y[i] += gv * (e.wy[0] * v[0] + e.wy[1] * v[1] + e.wy[2] * v[2] + e.wy[3] * v[3]);
         acc_x[i] += gv * (e.wx[0] * v[0] + e.wx[1] * v[1] + e.wx[2] * v[2] + e.wx[3] * v[3]);

@@ -1,6 +1,4 @@
 // Forward: the deformable im2col, columns[n, c, k, p] = mask * bilinear(input[n, c]).
-#include <vector>
-
 #include "parallel.h"
 #include "plan.h"
 
@@ -12,6 +10,7 @@ void im2col_impl(const Geometry& geo, const S* input, Strides4 is, const S* offs
                  const S* mask, Strides4 ms, S* columns, ColumnStrides cs) {
   using A = acc_t<S>;
   const int64_t cpg = geo.channels_per_offset_group();
+  const CornerOffsets co(is.y, is.x);
   parallel_for(num_tile_tasks(geo), [&](int64_t t) {
     const TileTask task = tile_task(geo, t);
     PlanEntry<A> plan[kTile];
@@ -20,16 +19,27 @@ void im2col_impl(const Geometry& geo, const S* input, Strides4 is, const S* offs
                                                          is.x, m, false));
     });
     const int64_t len = task.p1 - task.p0;
-    for (int64_t cg = 0; cg < cpg; ++cg) {
-      const int64_t c = task.g * cpg + cg;
-      const S* plane = input + task.n * is.n + c * is.c;
-      S* col = columns + task.n * cs.n + task.g * cs.g + cg * cs.cg + task.k * cs.k +
-               task.p0 * cs.p;
-      if (cs.p == 1) {
-        for (int64_t i = 0; i < len; ++i) col[i] = store<S>(gather(plan[i], plane));
-      } else {
-        for (int64_t i = 0; i < len; ++i) col[i * cs.p] = store<S>(gather(plan[i], plane));
+    const S* image = input + task.n * is.n + task.g * cpg * is.c;
+    S* col0 = columns + task.n * cs.n + task.g * cs.g + task.k * cs.k + task.p0 * cs.p;
+    int64_t cg = 0;
+    // Blocks of channels share each plan entry load.
+    for (; cg + kChannelBlock <= cpg; cg += kChannelBlock) {
+      const S* planes[kChannelBlock];
+      S* cols[kChannelBlock];
+      for (int64_t j = 0; j < kChannelBlock; ++j) {
+        planes[j] = image + (cg + j) * is.c;
+        cols[j] = col0 + (cg + j) * cs.cg;
       }
+      for (int64_t i = 0; i < len; ++i) {
+        const PlanEntry<A> e = plan[i];
+        for (int64_t j = 0; j < kChannelBlock; ++j)
+          cols[j][i * cs.p] = store<S>(gather(e, planes[j], co));
+      }
+    }
+    for (; cg < cpg; ++cg) {
+      const S* plane = image + cg * is.c;
+      S* col = col0 + cg * cs.cg;
+      for (int64_t i = 0; i < len; ++i) col[i * cs.p] = store<S>(gather(plan[i], plane, co));
     }
   });
 }

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <memory>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -21,37 +22,54 @@ int hardware_threads() {
   return n == 0 ? 1 : int(n);
 }
 
-// Workers sleep on a condition variable between jobs; the calling thread
-// always takes part, so a job of T threads wakes T-1 workers.
+// One parallel_for call. Workers hold it through a shared_ptr, so one that
+// wakes late (after the job ended) only finds no task left and never calls
+// fn. The caller waits for tasks to be *finished*, not for every worker to
+// check in: a worker the OS has not scheduled yet costs nothing.
+struct Job {
+  const std::function<void(int64_t)>* fn;
+  int64_t n_tasks;
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> finished{0};
+};
+
 class Pool {
  public:
   // Returns false (and runs nothing) when another job holds the pool.
   bool try_run(int64_t n_tasks, int n_threads, const std::function<void(int64_t)>& fn) {
     std::unique_lock<std::mutex> busy(run_mutex_, std::try_to_lock);
     if (!busy.owns_lock()) return false;
-    ensure_workers(n_threads - 1);
+    auto job = std::make_shared<Job>();
+    job->fn = &fn;
+    job->n_tasks = n_tasks;
     {
       std::lock_guard<std::mutex> lock(m_);
-      fn_ = &fn;
-      n_tasks_ = n_tasks;
-      next_.store(0);
+      ensure_workers(n_threads - 1);
+      job_ = job;
       participants_ = n_threads - 1;
-      running_ = n_threads - 1;
       ++generation_;
     }
     cv_work_.notify_all();
-    drain();
+    drain(*job);
     std::unique_lock<std::mutex> lock(m_);
-    cv_done_.wait(lock, [&] { return running_ == 0; });
-    fn_ = nullptr;
+    cv_done_.wait(lock, [&] { return job->finished.load() == n_tasks; });
+    job_.reset();
     return true;
   }
 
  private:
-  void drain() {
+  void drain(Job& job) {
     t_inside_parallel = true;
-    for (int64_t t = next_.fetch_add(1); t < n_tasks_; t = next_.fetch_add(1)) (*fn_)(t);
+    int64_t done = 0;
+    for (int64_t t = job.next.fetch_add(1); t < job.n_tasks; t = job.next.fetch_add(1)) {
+      (*job.fn)(t);
+      ++done;
+    }
     t_inside_parallel = false;
+    if (done > 0 && job.finished.fetch_add(done) + done == job.n_tasks) {
+      std::lock_guard<std::mutex> lock(m_);
+      cv_done_.notify_all();
+    }
   }
 
   void ensure_workers(int n) {
@@ -65,15 +83,15 @@ class Pool {
   void worker_loop(int id) {
     uint64_t seen = 0;
     for (;;) {
+      std::shared_ptr<Job> job;
       {
         std::unique_lock<std::mutex> lock(m_);
         cv_work_.wait(lock, [&] { return generation_ != seen; });
         seen = generation_;
-        if (id >= participants_) continue;
+        if (id >= participants_ || !job_) continue;
+        job = job_;
       }
-      drain();
-      std::lock_guard<std::mutex> lock(m_);
-      if (--running_ == 0) cv_done_.notify_one();
+      drain(*job);
     }
   }
 
@@ -81,11 +99,8 @@ class Pool {
   std::mutex m_;
   std::condition_variable cv_work_, cv_done_;
   std::vector<std::thread> workers_;
-  const std::function<void(int64_t)>* fn_ = nullptr;
-  int64_t n_tasks_ = 0;
-  std::atomic<int64_t> next_{0};
+  std::shared_ptr<Job> job_;
   int participants_ = 0;
-  int running_ = 0;
   uint64_t generation_ = 0;
 };
 

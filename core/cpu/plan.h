@@ -86,37 +86,48 @@ inline void for_each_sample(const Geometry& geo, const TileTask& task, const S* 
   }
 }
 
-// Value weights only: what im2col and col2im need.
+// Value weights only: what im2col and col2im need. Corner q of a sample
+// sits at plane[base + corner[q]], corner = {0, sx, sy, sy + sx}.
 template <typename A>
 struct PlanEntry {
-  int64_t idx[4];
+  int64_t base;
   A w[4];
-  unsigned valid;
+  unsigned valid;  // bit q: corner q is read (inside the plane, nonzero weight region)
+};
+
+struct CornerOffsets {
+  int64_t at[4];
+  CornerOffsets(int64_t sy, int64_t sx) : at{0, sx, sy, sy + sx} {}
 };
 
 template <typename A>
 inline PlanEntry<A> plan_entry(const Corners<A, int64_t>& c) {
   PlanEntry<A> e;
-  for (int q = 0; q < 4; ++q) {
-    e.idx[q] = c.idx[q];
-    e.w[q] = c.w[q];
-  }
-  // Corners that carry no forward weight are skipped entirely.
+  e.base = c.base;
+  for (int q = 0; q < 4; ++q) e.w[q] = c.w[q];
+  // Outside the forward's region every weight is 0: read nothing at all.
   e.valid = (c.w[0] != A(0) || c.w[1] != A(0) || c.w[2] != A(0) || c.w[3] != A(0)) ? c.valid : 0u;
   return e;
 }
 
-// sum_q w[q] * plane[idx[q]] over the valid corners, never reading the others.
+// sum_q w[q] * plane[base + corner[q]] over the valid corners, never reading
+// the others (an inf/NaN pixel elsewhere must not leak in as 0 * inf).
 template <typename A, typename S>
-inline A gather(const PlanEntry<A>& e, const S* plane) {
+inline A gather(const PlanEntry<A>& e, const S* plane, const CornerOffsets& co) {
+  // Indices are formed as integers first: base alone may point before the
+  // plane (y_low = -1), which is fine as an integer, not as a pointer.
+  const int64_t b = e.base;
   if (e.valid == 15u) {
-    return e.w[0] * A(load(plane[e.idx[0]])) + e.w[1] * A(load(plane[e.idx[1]])) +
-           e.w[2] * A(load(plane[e.idx[2]])) + e.w[3] * A(load(plane[e.idx[3]]));
+    return e.w[0] * A(load(plane[b + co.at[0]])) + e.w[1] * A(load(plane[b + co.at[1]])) +
+           e.w[2] * A(load(plane[b + co.at[2]])) + e.w[3] * A(load(plane[b + co.at[3]]));
   }
   A v = A(0);
   for (int q = 0; q < 4; ++q)
-    if (e.valid >> q & 1u) v += e.w[q] * A(load(plane[e.idx[q]]));
+    if (e.valid >> q & 1u) v += e.w[q] * A(load(plane[b + co.at[q]]));
   return v;
 }
+
+// Channels processed together so one plan load serves several planes.
+constexpr int64_t kChannelBlock = 4;
 
 }  // namespace dcn::cpu

@@ -14,12 +14,3 @@
 #define DCN_HOST 1
 #endif
 
-#if defined(DCN_METAL)
-// MSL has no <cstdint>; its `long` is 64-bit and `int` is 32-bit.
-#define DCN_FLOOR(v) metal::floor(v)
-#elif defined(DCN_CUDA)
-#define DCN_FLOOR(v) floor(v)
-#else
-#include <cmath>
-#define DCN_FLOOR(v) std::floor(v)
-#endif

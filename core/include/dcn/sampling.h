@@ -25,6 +25,7 @@ namespace dcn {
 // keeps an inf/NaN pixel elsewhere in the plane from leaking in as 0*inf).
 template <typename T, typename I>
 struct Corners {
+  I base;   // y_low*sy + x_low*sx: idx[q] == base + {0, sx, sy, sy+sx}[q] for valid q
   I idx[4];
   unsigned valid;  // bit q set: corner q lies inside the plane
   T w[4];   // bilinear weights (times `scale`); all 0 outside the forward's region
@@ -57,6 +58,13 @@ DCN_FN bool inside_gradient(T y, T x, I H, I W) {
   return y >= T(-1) && y < T(H) && x >= T(-1) && x < T(W);
 }
 
+// floor(v) as an integer, for finite v well inside the range of I.
+template <typename T, typename I>
+DCN_FN I floor_to_int(T v) {
+  const I t = I(v);  // truncates toward zero
+  return T(t) > v ? t - 1 : t;
+}
+
 // Corner indices and weights for a sample at (y, x) of an H x W plane with
 // element strides (sy, sx). `scale` multiplies the value weights w (the
 // modulation mask, folded in once so every channel reuses it). When
@@ -65,6 +73,7 @@ template <typename T, typename I>
 DCN_FN Corners<T, I> bilinear_corners(T y, T x, I H, I W, I sy, I sx, T scale,
                                       bool with_grad) {
   Corners<T, I> c;
+  c.base = I(0);
   c.valid = 0u;
   for (int q = 0; q < 4; ++q) {
     c.idx[q] = I(0);
@@ -76,10 +85,12 @@ DCN_FN Corners<T, I> bilinear_corners(T y, T x, I H, I W, I sy, I sx, T scale,
   const bool grad = with_grad && inside_gradient(y, x, H, W);
   if (!fwd && !grad) return c;
 
-  const T yf = DCN_FLOOR(y);
-  const T xf = DCN_FLOOR(x);
-  const I y0 = I(yf);
-  const I x0 = I(xf);
+  // Inside either region |y| < H + 1, so the conversions below are exact
+  // and defined; floor by truncation avoids a libm call on plain x86-64.
+  const I y0 = floor_to_int<T, I>(y);
+  const I x0 = floor_to_int<T, I>(x);
+  const T yf = T(y0);
+  const T xf = T(x0);
   const I y1 = y0 + 1;
   const I x1 = x0 + 1;
   const T ly = y - yf;
@@ -99,6 +110,7 @@ DCN_FN Corners<T, I> bilinear_corners(T y, T x, I H, I W, I sy, I sx, T scale,
   const T dy[4] = {-hx, -lx, hx, lx};
   const T dx[4] = {-hy, hy, -ly, ly};
 
+  c.base = y0 * sy + x0 * sx;
   for (int q = 0; q < 4; ++q) {
     if (!valid[q]) continue;
     c.valid |= 1u << q;

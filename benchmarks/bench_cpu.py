@@ -1,0 +1,159 @@
+"""CPU speed of dcn against peers measured in the same process.
+
+Configs (float32, 3x3, padding 1, mask and bias):
+  A 1x64x32x32 -> 64,  B 1x256x64x64 -> 256,  C 8x64x56x56 -> 64
+Peers: onnxruntime's DeformConv (forward), torch.conv2d of the same shape
+(forward and forward+backward), and MLX (mx.conv2d and dcn_mlx) when
+installed. Prints median milliseconds and ratios; run:
+
+    python benchmarks/bench_cpu.py [--repeats 10] [--configs A,B,C] [--markdown]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import dcn_torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+
+CONFIGS = {
+    "A": (1, 64, 32, 32, 64),
+    "B": (1, 256, 64, 64, 256),
+    "C": (8, 64, 56, 56, 64),
+}
+
+
+def timeit(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def make_inputs(cfg, seed=0):
+    N, C, H, W, O = cfg
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, C, H, W, generator=g)
+    w = torch.randn(O, C, 3, 3, generator=g) * 0.05
+    b = torch.randn(O, generator=g)
+    off = torch.randn(N, 18, H, W, generator=g) * 2.0
+    mask = torch.rand(N, 9, H, W, generator=g)
+    return x, w, b, off, mask
+
+
+def bench_torch(cfg, repeats):
+    x, w, b, off, mask = make_inputs(cfg)
+    res = {}
+    res["dcn_fwd"] = timeit(lambda: dcn_torch.deform_conv2d(x, off, w, b, padding=1, mask=mask), repeats)
+
+    xs, ws, bs, offs, ms = (t.clone().requires_grad_() for t in (x, w, b, off, mask))
+
+    def fwd_bwd():
+        out = dcn_torch.deform_conv2d(xs, offs, ws, bs, padding=1, mask=ms)
+        out.sum().backward()
+
+    res["dcn_fwdbwd"] = timeit(fwd_bwd, repeats)
+    res["conv_fwd"] = timeit(lambda: F.conv2d(x, w, b, padding=1), repeats)
+    xc, wc, bc = (t.clone().requires_grad_() for t in (x, w, b))
+
+    def conv_fwd_bwd():
+        F.conv2d(xc, wc, bc, padding=1).sum().backward()
+
+    res["conv_fwdbwd"] = timeit(conv_fwd_bwd, repeats)
+    try:
+        from oracles import ort_deform_conv2d
+
+        xn, wn, bn, offn, mn = (t.numpy() for t in (x, w, b, off, mask))
+        res["ort_fwd"] = timeit(lambda: ort_deform_conv2d(xn, wn, offn, mn, bn, padding=(1, 1)), repeats)
+    except Exception as e:  # onnxruntime not installed
+        print(f"# onnxruntime unavailable: {e}", file=sys.stderr)
+    return res
+
+
+def bench_mlx(cfg, repeats):
+    try:
+        import mlx.core as mx
+        import dcn_mlx
+    except Exception:
+        return {}
+    if not hasattr(dcn_mlx, "deform_conv2d"):
+        return {}
+    x, w, b, off, mask = make_inputs(cfg)
+    xm = mx.array(x.permute(0, 2, 3, 1).numpy())
+    wm = mx.array(w.permute(0, 2, 3, 1).numpy())
+    bm = mx.array(b.numpy())
+    offm = mx.array(off.permute(0, 2, 3, 1).numpy())
+    mm = mx.array(mask.permute(0, 2, 3, 1).numpy())
+    res = {}
+    res["mlx_dcn_fwd"] = timeit(lambda: mx.eval(dcn_mlx.deform_conv2d(xm, offm, wm, bm, padding=1, mask=mm)), repeats)
+    res["mlx_conv_fwd"] = timeit(lambda: mx.eval(mx.conv2d(xm, wm, padding=1) + bm), repeats)
+
+    def loss(xx, oo, ww, bb, mk):
+        return dcn_mlx.deform_conv2d(xx, oo, ww, bb, padding=1, mask=mk).sum()
+
+    grad = mx.grad(loss, argnums=(0, 1, 2, 3, 4))
+    res["mlx_dcn_fwdbwd"] = timeit(lambda: mx.eval(grad(xm, offm, wm, bm, mm)), repeats)
+
+    def closs(xx, ww, bb):
+        return (mx.conv2d(xx, ww, padding=1) + bb).sum()
+
+    cgrad = mx.grad(closs, argnums=(0, 1, 2))
+    res["mlx_conv_fwdbwd"] = timeit(lambda: mx.eval(cgrad(xm, wm, bm)), repeats)
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--configs", default="A,B,C")
+    ap.add_argument("--markdown", action="store_true", help="print a README table")
+    args = ap.parse_args()
+
+    print(f"# {datetime.date.today()} {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores, torch {torch.__version__}, dcn threads {dcn_torch.get_num_threads()}")
+    rows = []
+    for name in args.configs.split(","):
+        cfg = CONFIGS[name]
+        r = bench_torch(cfg, args.repeats)
+        r.update(bench_mlx(cfg, max(3, args.repeats // 2)))
+        rows.append((name, cfg, r))
+        N, C, H, W, O = cfg
+        print(f"\n{name} {N}x{C}x{H}x{W} -> {O}")
+        for k, v in r.items():
+            print(f"  {k:16s} {v:9.2f} ms")
+        if "ort_fwd" in r:
+            print(f"  fwd / onnxruntime fwd        {r['dcn_fwd'] / r['ort_fwd']:.2f}x  (target <= 1.0)")
+        print(f"  fwd / torch.conv2d fwd       {r['dcn_fwd'] / r['conv_fwd']:.2f}x")
+        print(f"  fwd+bwd / own fwd            {r['dcn_fwdbwd'] / r['dcn_fwd']:.2f}x  (target <= 3.5)")
+        print(f"  fwd+bwd / conv2d fwd+bwd     {r['dcn_fwdbwd'] / r['conv_fwdbwd']:.2f}x")
+        if "mlx_dcn_fwd" in r:
+            print(f"  mlx fwd / mx.conv2d fwd      {r['mlx_dcn_fwd'] / r['mlx_conv_fwd']:.2f}x  (target <= 2.0)")
+
+    if args.markdown:
+        print("\n| config | dcn fwd | onnxruntime fwd | ratio | conv2d fwd | dcn fwd+bwd | fwd+bwd / fwd | conv2d fwd+bwd |")
+        print("|---|---|---|---|---|---|---|---|")
+        for name, cfg, r in rows:
+            N, C, H, W, O = cfg
+            ort = r.get("ort_fwd", float("nan"))
+            print(f"| {name} {N}x{C}x{H}x{W}->{O} | {r['dcn_fwd']:.2f} ms | {ort:.2f} ms | "
+                  f"{r['dcn_fwd'] / ort:.2f}x | {r['conv_fwd']:.2f} ms | {r['dcn_fwdbwd']:.2f} ms | "
+                  f"{r['dcn_fwdbwd'] / r['dcn_fwd']:.2f}x | {r['conv_fwdbwd']:.2f} ms |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Shared conformance suite: every frontend x every case x every dtype."""
