@@ -131,13 +131,7 @@ def _backward_cpu(grad, input, weight, offset, mask, bias, stride, padding, dila
             nc = n1 - n0
             gv = g[n0:n1].view(nc, groups, Og, P)
             mc = None if m is None else m[n0:n1]
-            if need_w:
-                c = cols[:nc]
-                _sample(x[n0:n1], off[n0:n1], mc, c, (kh, kw), p)
-                cv = c.view(nc, groups, Cg * K, P)
-                # sum over images of grad[n, g] @ cols[n, g]^T
-                gw = torch.matmul(gv, cv.transpose(2, 3))
-                grad_weight += gw.sum(0, dtype=acc)
+            c = cols[:nc] if need_w else None
             if gcols is not None:
                 gc = gcols[:nc]
                 torch.matmul(wt, gv, out=gc.view(nc, groups, Cg * K, P))
@@ -145,9 +139,21 @@ def _backward_cpu(grad, input, weight, offset, mask, bias, stride, padding, dila
                     _C.col2im(gc, off[n0:n1], mc, grad_input[n0:n1], (kh, kw), p["stride"],
                               p["padding"], p["dilation"])
                 if need_off or need_mask:
+                    # Also recomputes the forward's columns (c) on the way.
                     _C.coord_grad(gc, x[n0:n1], off[n0:n1], mc, grad_offset[n0:n1],
-                                  None if grad_mask is None else grad_mask[n0:n1], (kh, kw),
+                                  None if grad_mask is None else grad_mask[n0:n1], c, (kh, kw),
                                   p["stride"], p["padding"], p["dilation"])
+                elif need_w:
+                    _sample(x[n0:n1], off[n0:n1], mc, c, (kh, kw), p)
+            elif need_w:
+                _sample(x[n0:n1], off[n0:n1], mc, c, (kh, kw), p)
+            if need_w:
+                # sum over images of grad[n, g] @ cols[n, g]^T
+                cv = c.view(nc, groups, Cg * K, P)
+                if nc == 1:
+                    grad_weight += torch.matmul(gv[0], cv[0].transpose(1, 2))
+                else:
+                    grad_weight += torch.matmul(gv, cv.transpose(2, 3)).sum(0, dtype=acc)
 
     gi = grad_input.to(input.dtype) if need_in else empty
     gw = grad_weight.view(weight.shape).to(weight.dtype) if need_w else empty

@@ -183,10 +183,12 @@ void col2im(const Array& grad_columns, const Array& offset, std::optional<Array>
 
 void coord_grad(const Array& grad_columns, const Array& input, const Array& offset,
                 std::optional<Array> mask, Array grad_offset, std::optional<Array> grad_mask,
-                Pair kernel, Pair stride, Pair padding, Pair dilation) {
+                std::optional<Array> columns_out, Pair kernel, Pair stride, Pair padding,
+                Pair dilation) {
   const dcn::DType dt = dtype_of(input);
   const dcn::Geometry g = kernel_geometry(input, dt, offset, mask, kernel, stride, padding, dilation);
   const dcn::ColumnStrides cs = column_strides(grad_columns, g, dt, "grad_columns");
+  if (columns_out) column_strides(*columns_out, g, dt, "columns_out");
   if (bool(mask) != bool(grad_mask))
     throw std::invalid_argument("grad_mask: must be given exactly when mask is given");
   const int64_t K = g.kernel_points();
@@ -205,7 +207,8 @@ void coord_grad(const Array& grad_columns, const Array& input, const Array& offs
   dcn::cpu::coord_grad(dt, g, grad_columns.data(), cs, input.data(), strides4(input),
                        offset.data(), strides4(offset), mask ? mask->data() : nullptr, ms,
                        grad_offset.data(), strides4(grad_offset),
-                       grad_mask ? grad_mask->data() : nullptr, gms);
+                       grad_mask ? grad_mask->data() : nullptr, gms,
+                       columns_out ? columns_out->data() : nullptr);
 }
 
 }  // namespace
@@ -225,8 +228,8 @@ NB_MODULE(_C, m) {
   m.def("coord_grad", &coord_grad, nb::arg("grad_columns").noconvert(),
         nb::arg("input").noconvert(), nb::arg("offset").noconvert(),
         nb::arg("mask").noconvert().none(), nb::arg("grad_offset").noconvert(),
-        nb::arg("grad_mask").noconvert().none(), nb::arg("kernel"), nb::arg("stride"),
-        nb::arg("padding"), nb::arg("dilation"));
+        nb::arg("grad_mask").noconvert().none(), nb::arg("columns_out").noconvert().none(),
+        nb::arg("kernel"), nb::arg("stride"), nb::arg("padding"), nb::arg("dilation"));
   m.def("set_num_threads", &dcn::cpu::set_num_threads, nb::arg("n"));
   m.def("get_num_threads", &dcn::cpu::get_num_threads);
 }

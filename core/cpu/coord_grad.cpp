@@ -21,7 +21,7 @@ struct GradEntry {
 template <typename S>
 void coord_grad_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const S* input,
                      Strides4 is, const S* offset, Strides4 os, const S* mask, Strides4 ms,
-                     S* goff, Strides4 gos, S* gmask, Strides4 gms) {
+                     S* goff, Strides4 gos, S* gmask, Strides4 gms, S* cols_out) {
   using A = acc_t<S>;
   const int64_t cpg = geo.channels_per_offset_group();
   const int64_t K = geo.kernel_points();
@@ -47,25 +47,41 @@ void coord_grad_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const
       acc_y[i] = acc_x[i] = acc_m[i] = A(0);
     });
     const int64_t len = task.p1 - task.p0;
-    for (int64_t cg = 0; cg < cpg; ++cg) {
-      const int64_t c = task.g * cpg + cg;
-      const S* plane = input + task.n * is.n + c * is.c;
-      const S* col = gcol + task.n * cs.n + task.g * cs.g + cg * cs.cg + task.k * cs.k +
-                     task.p0 * cs.p;
+    const S* image = input + task.n * is.n + task.g * cpg * is.c;
+    const int64_t col_at = task.n * cs.n + task.g * cs.g + task.k * cs.k + task.p0 * cs.p;
+    // Channels in blocks (one plan-entry load serves the block); within a
+    // pixel the channels are summed in order, whatever the block size.
+    for (int64_t cg0 = 0; cg0 < cpg; cg0 += kChannelBlock) {
+      const int64_t nb = std::min(kChannelBlock, cpg - cg0);
       for (int64_t i = 0; i < len; ++i) {
         const GradEntry<A>& e = plan[i];
-        if (e.valid == 0u) continue;
-        const int64_t b = e.base;
-        A v[4];
-        if (e.valid == 15u) {
-          for (int q = 0; q < 4; ++q) v[q] = A(load(plane[b + co.at[q]]));
-        } else {
-          for (int q = 0; q < 4; ++q) v[q] = (e.valid >> q & 1u) ? A(load(plane[b + co.at[q]])) : A(0);
+        if (e.valid == 0u) {
+          if (cols_out)
+            for (int64_t j = 0; j < nb; ++j)
+              cols_out[col_at + (cg0 + j) * cs.cg + i * cs.p] = store<S>(A(0));
+          continue;
         }
-        const A gv = A(load(col[i * cs.p]));
-        acc_y[i] += gv * (e.wy[0] * v[0] + e.wy[1] * v[1] + e.wy[2] * v[2] + e.wy[3] * v[3]);
-        acc_x[i] += gv * (e.wx[0] * v[0] + e.wx[1] * v[1] + e.wx[2] * v[2] + e.wx[3] * v[3]);
-        acc_m[i] += gv * (e.w[0] * v[0] + e.w[1] * v[1] + e.w[2] * v[2] + e.w[3] * v[3]);
+        A ay = acc_y[i], ax = acc_x[i], am = acc_m[i];
+        for (int64_t j = 0; j < nb; ++j) {
+          const S* plane = image + (cg0 + j) * is.c;
+          A v[4];
+          if (e.valid == 15u) {
+            for (int q = 0; q < 4; ++q) v[q] = A(load(plane[e.base + co.at[q]]));
+          } else {
+            for (int q = 0; q < 4; ++q)
+              v[q] = (e.valid >> q & 1u) ? A(load(plane[e.base + co.at[q]])) : A(0);
+          }
+          const A gv = A(load(gcol[col_at + (cg0 + j) * cs.cg + i * cs.p]));
+          const A value = e.w[0] * v[0] + e.w[1] * v[1] + e.w[2] * v[2] + e.w[3] * v[3];
+          ay += gv * (e.wy[0] * v[0] + e.wy[1] * v[1] + e.wy[2] * v[2] + e.wy[3] * v[3]);
+          ax += gv * (e.wx[0] * v[0] + e.wx[1] * v[1] + e.wx[2] * v[2] + e.wx[3] * v[3]);
+          am += gv * value;
+          // The forward's column, recomputed for free for the weight gradient.
+          if (cols_out) cols_out[col_at + (cg0 + j) * cs.cg + i * cs.p] = store<S>(e.mask * value);
+        }
+        acc_y[i] = ay;
+        acc_x[i] = ax;
+        acc_m[i] = am;
       }
     }
     // Write back: pixel p -> (oy, ox).
@@ -88,14 +104,15 @@ void coord_grad_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const
 void coord_grad(DType dtype, const Geometry& geo, const void* grad_columns,
                 ColumnStrides columns_s, const void* input, Strides4 input_s, const void* offset,
                 Strides4 offset_s, const void* mask, Strides4 mask_s, void* grad_offset,
-                Strides4 grad_offset_s, void* grad_mask, Strides4 grad_mask_s) {
+                Strides4 grad_offset_s, void* grad_mask, Strides4 grad_mask_s,
+                void* columns_out) {
   dispatch_storage(dtype, [&](auto tag) {
     using S = decltype(tag);
     coord_grad_impl<S>(geo, static_cast<const S*>(grad_columns), columns_s,
                        static_cast<const S*>(input), input_s, static_cast<const S*>(offset),
                        offset_s, static_cast<const S*>(mask), mask_s,
                        static_cast<S*>(grad_offset), grad_offset_s, static_cast<S*>(grad_mask),
-                       grad_mask_s);
+                       grad_mask_s, static_cast<S*>(columns_out));
   });
 }
 

@@ -43,11 +43,14 @@ void col2im(DType dtype, const Geometry& geo, const void* grad_columns,
 
 // grad_offset and grad_mask (grad_mask may be nullptr; must be nullptr when
 // there is no mask) from grad_columns, in the storage dtype. Deterministic.
+// It reads every sample's corners anyway, so when columns_out is not null it
+// also writes the forward's columns there (same layout as grad_columns): the
+// weight gradient then needs no second im2col.
 void coord_grad(DType dtype, const Geometry& geo, const void* grad_columns,
                 ColumnStrides columns_s, const void* input, Strides4 input_s,
                 const void* offset, Strides4 offset_s, const void* mask, Strides4 mask_s,
                 void* grad_offset, Strides4 grad_offset_s, void* grad_mask,
-                Strides4 grad_mask_s);
+                Strides4 grad_mask_s, void* columns_out = nullptr);
 
 // Worker threads used by the kernels above (the caller's thread included).
 // 0 restores the default: the hardware concurrency.
