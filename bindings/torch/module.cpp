@@ -116,8 +116,14 @@ dcn::ColumnStrides column_strides(const Array& cols, const dcn::Geometry& g, dcn
                                 ": expected a contiguous (N, C*kh*kw, out_h, out_w) array "
                                 "in the input's dtype");
   }
-  const int64_t cpg = g.channels_per_offset_group();
-  return dcn::ColumnStrides{g.channels * K * P, cpg * K * P, K * P, P, 1};
+  dcn::ColumnStrides cs;
+  cs.n = g.channels * K * P;
+  cs.block = g.channels;  // one block: channel c at c*K*P
+  cs.block_stride = 0;
+  cs.c = K * P;
+  cs.k = P;
+  cs.p = 1;
+  return cs;
 }
 
 void require_shape(const Array& a, const int64_t (&want)[4], const char* name) {

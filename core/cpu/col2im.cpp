@@ -53,7 +53,7 @@ void col2im_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const S* 
         const int64_t len = task.p1 - task.p0;
         for (int64_t cg = cg0; cg < cg1; ++cg) {
           A* plane = grad + n * gs.n + (g * cpg + cg) * gs.c;
-          const S* col = gcol + n * cs.n + g * cs.g + cg * cs.cg + k * cs.k + task.p0 * cs.p;
+          const S* col = gcol + n * cs.n + cs.channel(g * cpg + cg) + k * cs.k + task.p0 * cs.p;
           for (int64_t i = 0; i < len; ++i) {
             const PlanEntry<A>& e = plan[i];
             if (e.valid == 0u) continue;

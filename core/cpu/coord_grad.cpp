@@ -48,22 +48,27 @@ void coord_grad_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const
     });
     const int64_t len = task.p1 - task.p0;
     const S* image = input + task.n * is.n + task.g * cpg * is.c;
-    const int64_t col_at = task.n * cs.n + task.g * cs.g + task.k * cs.k + task.p0 * cs.p;
+    const int64_t col_at = task.n * cs.n + task.k * cs.k + task.p0 * cs.p;
     // Channels in blocks (one plan-entry load serves the block); within a
     // pixel the channels are summed in order, whatever the block size.
     for (int64_t cg0 = 0; cg0 < cpg; cg0 += kChannelBlock) {
       const int64_t nb = std::min(kChannelBlock, cpg - cg0);
+      const S* planes[kChannelBlock];
+      int64_t col_of[kChannelBlock];
+      for (int64_t j = 0; j < nb; ++j) {
+        planes[j] = image + (cg0 + j) * is.c;
+        col_of[j] = col_at + cs.channel(task.g * cpg + cg0 + j);
+      }
       for (int64_t i = 0; i < len; ++i) {
         const GradEntry<A>& e = plan[i];
         if (e.valid == 0u) {
           if (cols_out)
-            for (int64_t j = 0; j < nb; ++j)
-              cols_out[col_at + (cg0 + j) * cs.cg + i * cs.p] = store<S>(A(0));
+            for (int64_t j = 0; j < nb; ++j) cols_out[col_of[j] + i * cs.p] = store<S>(A(0));
           continue;
         }
         A ay = acc_y[i], ax = acc_x[i], am = acc_m[i];
         for (int64_t j = 0; j < nb; ++j) {
-          const S* plane = image + (cg0 + j) * is.c;
+          const S* plane = planes[j];
           A v[4];
           if (e.valid == 15u) {
             for (int q = 0; q < 4; ++q) v[q] = A(load(plane[e.base + co.at[q]]));
@@ -71,13 +76,13 @@ void coord_grad_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const
             for (int q = 0; q < 4; ++q)
               v[q] = (e.valid >> q & 1u) ? A(load(plane[e.base + co.at[q]])) : A(0);
           }
-          const A gv = A(load(gcol[col_at + (cg0 + j) * cs.cg + i * cs.p]));
+          const A gv = A(load(gcol[col_of[j] + i * cs.p]));
           const A value = e.w[0] * v[0] + e.w[1] * v[1] + e.w[2] * v[2] + e.w[3] * v[3];
           ay += gv * (e.wy[0] * v[0] + e.wy[1] * v[1] + e.wy[2] * v[2] + e.wy[3] * v[3]);
           ax += gv * (e.wx[0] * v[0] + e.wx[1] * v[1] + e.wx[2] * v[2] + e.wx[3] * v[3]);
           am += gv * value;
           // The forward's column, recomputed for free for the weight gradient.
-          if (cols_out) cols_out[col_at + (cg0 + j) * cs.cg + i * cs.p] = store<S>(e.mask * value);
+          if (cols_out) cols_out[col_of[j] + i * cs.p] = store<S>(e.mask * value);
         }
         acc_y[i] = ay;
         acc_x[i] = ax;

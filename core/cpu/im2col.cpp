@@ -20,7 +20,7 @@ void im2col_impl(const Geometry& geo, const S* input, Strides4 is, const S* offs
     });
     const int64_t len = task.p1 - task.p0;
     const S* image = input + task.n * is.n + task.g * cpg * is.c;
-    S* col0 = columns + task.n * cs.n + task.g * cs.g + task.k * cs.k + task.p0 * cs.p;
+    S* col0 = columns + task.n * cs.n + task.k * cs.k + task.p0 * cs.p;
     int64_t cg = 0;
     // Blocks of channels share each plan entry load.
     for (; cg + kChannelBlock <= cpg; cg += kChannelBlock) {
@@ -28,7 +28,7 @@ void im2col_impl(const Geometry& geo, const S* input, Strides4 is, const S* offs
       S* cols[kChannelBlock];
       for (int64_t j = 0; j < kChannelBlock; ++j) {
         planes[j] = image + (cg + j) * is.c;
-        cols[j] = col0 + (cg + j) * cs.cg;
+        cols[j] = col0 + cs.channel(task.g * cpg + cg + j);
       }
       for (int64_t i = 0; i < len; ++i) {
         const PlanEntry<A> e = plan[i];
@@ -38,7 +38,7 @@ void im2col_impl(const Geometry& geo, const S* input, Strides4 is, const S* offs
     }
     for (; cg < cpg; ++cg) {
       const S* plane = image + cg * is.c;
-      S* col = col0 + cg * cs.cg;
+      S* col = col0 + cs.channel(task.g * cpg + cg);
       for (int64_t i = 0; i < len; ++i) col[i * cs.p] = store<S>(gather(plan[i], plane, co));
     }
   });

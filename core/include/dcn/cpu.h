@@ -6,7 +6,7 @@
 //   input      (N, C, H, W)            strides Strides4 {n, c, y, x}
 //   offset     (N, 2*G*K, out_h, out_w) strides Strides4 {n, channel, y, x}
 //   mask       (N, G*K, out_h, out_w)   optional (nullptr when absent)
-//   columns    (N, C, K, P)             strides ColumnStrides; channel c = g*C/G + cg
+//   columns    (N, C, K, P)             strides ColumnStrides (see below)
 // Storage dtype is one of DType; accumulation is float (f32/f16/bf16) or
 // double (f64). All indices are 64-bit.
 #pragma once
@@ -20,10 +20,16 @@ struct Strides4 {
   int64_t n = 0, c = 0, y = 0, x = 0;
 };
 
-// Columns are addressed per offset group g and channel-in-group cg so one
-// kernel serves torch's (N, C*K, P) and MLX's (N, P, [g, k, cg]) layouts.
+// Column element (n, c, k, p) lives at
+//   n*n_stride + (c / block)*block_stride + (c % block)*c_stride + k*k_stride + p*p_stride
+// where `block` is the channel count of one weight group. One kernel thus
+// serves torch's (N, C*K, P) layout (block = C, c_stride = K*P, k_stride = P)
+// and MLX's (N, P, [weight group, k, channel in group]) layout that matches
+// an (O, kh, kw, C/groups) weight (c_stride = 1, k_stride = C/groups).
 struct ColumnStrides {
-  int64_t n = 0, g = 0, cg = 0, k = 0, p = 0;
+  int64_t n = 0, block_stride = 0, c = 0, k = 0, p = 0;
+  int64_t block = 1;  // channels per weight group (>= 1)
+  int64_t channel(int64_t ch) const { return (ch / block) * block_stride + (ch % block) * c; }
 };
 
 namespace cpu {
