@@ -105,7 +105,6 @@ def _backward_cpu(grad, input, weight, offset, mask, bias, stride, padding, dila
     kh, kw = geo["kernel"]
     Ho, Wo = geo["out_size"]
     K, P, Cg, Og = kh * kw, Ho * Wo, C // groups, O // groups
-    empty = input.new_empty((0,))
     acc = torch.float64 if input.dtype == torch.float64 else torch.float32
 
     # col2im and coord_grad write every element: no zero fill needed.
@@ -155,11 +154,12 @@ def _backward_cpu(grad, input, weight, offset, mask, bias, stride, padding, dila
                 else:
                     grad_weight += torch.matmul(gv, cv.transpose(2, 3)).sum(0, dtype=acc)
 
-    gi = grad_input.to(input.dtype) if need_in else empty
-    gw = grad_weight.view(weight.shape).to(weight.dtype) if need_w else empty
-    go = grad_offset if need_off else empty
-    gm = grad_mask if need_mask else empty
-    gb = grad.sum((0, 2, 3), dtype=acc).to(bias.dtype) if need_b else empty
+    # Absent gradients are distinct empty tensors: outputs must not alias.
+    gi = grad_input.to(input.dtype) if need_in else input.new_empty((0,))
+    gw = grad_weight.view(weight.shape).to(weight.dtype) if need_w else input.new_empty((0,))
+    go = grad_offset if need_off else input.new_empty((0,))
+    gm = grad_mask if need_mask else input.new_empty((0,))
+    gb = grad.sum((0, 2, 3), dtype=acc).to(bias.dtype) if need_b else input.new_empty((0,))
     return gi, gw, go, gm, gb
 
 
@@ -181,13 +181,16 @@ def _forward_fake(input, weight, offset, mask, bias, stride, padding, dilation):
 @torch.library.register_fake("dcn::deform_conv2d_backward")
 def _backward_fake(grad, input, weight, offset, mask, bias, stride, padding, dilation, output_mask):
     need_in, need_w, need_off, need_mask, need_b = output_mask
-    empty = input.new_empty((0,))
+
+    def empty():
+        return input.new_empty((0,))
+
     return (
-        input.new_empty(input.shape) if need_in else empty,
-        weight.new_empty(weight.shape) if need_w else empty,
-        offset.new_empty(offset.shape) if need_off else empty,
-        mask.new_empty(mask.shape) if (need_mask and mask is not None) else empty,
-        bias.new_empty(bias.shape) if (need_b and bias is not None) else empty,
+        input.new_empty(input.shape) if need_in else empty(),
+        weight.new_empty(weight.shape) if need_w else empty(),
+        offset.new_empty(offset.shape) if need_off else empty(),
+        mask.new_empty(mask.shape) if (need_mask and mask is not None) else empty(),
+        bias.new_empty(bias.shape) if (need_b and bias is not None) else empty(),
     )
 
 

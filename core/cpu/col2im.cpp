@@ -51,22 +51,31 @@ void col2im_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const S* 
                                                              gs.x, m, false));
         });
         const int64_t len = task.p1 - task.p0;
-        for (int64_t cg = cg0; cg < cg1; ++cg) {
-          A* plane = grad + n * gs.n + (g * cpg + cg) * gs.c;
-          const S* col = gcol + n * cs.n + cs.channel(g * cpg + cg) + k * cs.k + task.p0 * cs.p;
+        // Blocks of channels per plan entry: independent read-modify-write
+        // chains on different planes overlap in the pipeline.
+        for (int64_t cb = cg0; cb < cg1; cb += kChannelBlock) {
+          const int64_t nb = std::min(kChannelBlock, cg1 - cb);
+          A* planes[kChannelBlock];
+          const S* cols[kChannelBlock];
+          for (int64_t j = 0; j < nb; ++j) {
+            planes[j] = grad + n * gs.n + (g * cpg + cb + j) * gs.c;
+            cols[j] = gcol + n * cs.n + cs.channel(g * cpg + cb + j) + k * cs.k + task.p0 * cs.p;
+          }
           for (int64_t i = 0; i < len; ++i) {
-            const PlanEntry<A>& e = plan[i];
+            const PlanEntry<A> e = plan[i];
             if (e.valid == 0u) continue;
-            const A gv = A(load(col[i * cs.p]));
             const int64_t b = e.base;
-            if (e.valid == 15u) {
-              plane[b + co.at[0]] += e.w[0] * gv;
-              plane[b + co.at[1]] += e.w[1] * gv;
-              plane[b + co.at[2]] += e.w[2] * gv;
-              plane[b + co.at[3]] += e.w[3] * gv;
-            } else {
+            if (e.valid == 15u && nb == kChannelBlock) {
+              A gv[kChannelBlock];
+              for (int64_t j = 0; j < kChannelBlock; ++j) gv[j] = A(load(cols[j][i * cs.p]));
               for (int q = 0; q < 4; ++q)
-                if (e.valid >> q & 1u) plane[b + co.at[q]] += e.w[q] * gv;
+                for (int64_t j = 0; j < kChannelBlock; ++j) planes[j][b + co.at[q]] += e.w[q] * gv[j];
+            } else {
+              for (int64_t j = 0; j < nb; ++j) {
+                const A gv = A(load(cols[j][i * cs.p]));
+                for (int q = 0; q < 4; ++q)
+                  if (e.valid >> q & 1u) planes[j][b + co.at[q]] += e.w[q] * gv;
+              }
             }
           }
         }

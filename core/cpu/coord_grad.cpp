@@ -14,6 +14,8 @@ template <typename A>
 struct GradEntry {
   int64_t base;
   A w[4], wy[4], wx[4];
+  A wm[4];  // mask * w, rounded exactly as im2col's plan: identical columns
+  A fy, fx;
   unsigned valid;
   A mask;
 };
@@ -38,10 +40,13 @@ void coord_grad_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const
       GradEntry<A>& e = plan[i];
       e.base = c.base;
       for (int q = 0; q < 4; ++q) {
+        e.wm[q] = m * c.w[q];
         e.w[q] = c.w[q];
         e.wy[q] = c.wy[q];
         e.wx[q] = c.wx[q];
       }
+      e.fy = c.fy;
+      e.fx = c.fx;
       e.valid = c.valid;
       e.mask = m;
       acc_y[i] = acc_x[i] = acc_m[i] = A(0);
@@ -67,22 +72,46 @@ void coord_grad_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const
           continue;
         }
         A ay = acc_y[i], ax = acc_x[i], am = acc_m[i];
-        for (int64_t j = 0; j < nb; ++j) {
-          const S* plane = planes[j];
-          A v[4];
-          if (e.valid == 15u) {
-            for (int q = 0; q < 4; ++q) v[q] = A(load(plane[e.base + co.at[q]]));
-          } else {
+        if (e.valid == 15u) {
+          // All four corners inside (so inside the forward's region too):
+          // interpolate along x, then y; the derivatives fall out of the
+          // same differences.
+          for (int64_t j = 0; j < nb; ++j) {
+            const S* plane = planes[j];
+            const A v0 = A(load(plane[e.base + co.at[0]])), v1 = A(load(plane[e.base + co.at[1]]));
+            const A v2 = A(load(plane[e.base + co.at[2]])), v3 = A(load(plane[e.base + co.at[3]]));
+            const A gv = A(load(gcol[col_of[j] + i * cs.p]));
+            const A d01 = v1 - v0, d23 = v3 - v2;
+            const A top = v0 + e.fx * d01, bottom = v2 + e.fx * d23;
+            const A dy = bottom - top;
+            const A value = top + e.fy * dy;
+            ay += gv * dy;
+            ax += gv * (d01 + e.fy * (d23 - d01));
+            am += gv * value;
+            if (cols_out)
+              cols_out[col_of[j] + i * cs.p] =
+                  store<S>(e.wm[0] * v0 + e.wm[1] * v1 + e.wm[2] * v2 + e.wm[3] * v3);
+          }
+        } else {
+          for (int64_t j = 0; j < nb; ++j) {
+            const S* plane = planes[j];
+            A v[4];
             for (int q = 0; q < 4; ++q)
               v[q] = (e.valid >> q & 1u) ? A(load(plane[e.base + co.at[q]])) : A(0);
+            const A gv = A(load(gcol[col_of[j] + i * cs.p]));
+            const A value = e.w[0] * v[0] + e.w[1] * v[1] + e.w[2] * v[2] + e.w[3] * v[3];
+            ay += gv * (e.wy[0] * v[0] + e.wy[1] * v[1] + e.wy[2] * v[2] + e.wy[3] * v[3]);
+            ax += gv * (e.wx[0] * v[0] + e.wx[1] * v[1] + e.wx[2] * v[2] + e.wx[3] * v[3]);
+            am += gv * value;
+            // The forward's column, recomputed for the weight gradient with
+            // im2col's exact arithmetic (valid corners, masked weights).
+            if (cols_out) {
+              A col = A(0);
+              for (int q = 0; q < 4; ++q)
+                if (e.valid >> q & 1u) col += e.wm[q] * v[q];
+              cols_out[col_of[j] + i * cs.p] = store<S>(e.w[0] != A(0) || e.w[1] != A(0) || e.w[2] != A(0) || e.w[3] != A(0) ? col : A(0));
+            }
           }
-          const A gv = A(load(gcol[col_of[j] + i * cs.p]));
-          const A value = e.w[0] * v[0] + e.w[1] * v[1] + e.w[2] * v[2] + e.w[3] * v[3];
-          ay += gv * (e.wy[0] * v[0] + e.wy[1] * v[1] + e.wy[2] * v[2] + e.wy[3] * v[3]);
-          ax += gv * (e.wx[0] * v[0] + e.wx[1] * v[1] + e.wx[2] * v[2] + e.wx[3] * v[3]);
-          am += gv * value;
-          // The forward's column, recomputed for free for the weight gradient.
-          if (cols_out) cols_out[col_of[j] + i * cs.p] = store<S>(e.mask * value);
         }
         acc_y[i] = ay;
         acc_x[i] = ax;

@@ -31,6 +31,7 @@ struct Corners {
   T w[4];   // bilinear weights (times `scale`); all 0 outside the forward's region
   T wy[4];  // d(value)/dy per corner value (torchvision's offset-gradient rule)
   T wx[4];  // d(value)/dx per corner value
+  T fy, fx;  // fractional parts y - floor(y), x - floor(x) (0 outside both regions)
 };
 
 // Sample coordinate along one axis: integer grid position plus the learned
@@ -75,6 +76,8 @@ DCN_FN Corners<T, I> bilinear_corners(T y, T x, I H, I W, I sy, I sx, T scale,
   Corners<T, I> c;
   c.base = I(0);
   c.valid = 0u;
+  c.fy = T(0);
+  c.fx = T(0);
   for (int q = 0; q < 4; ++q) {
     c.idx[q] = I(0);
     c.w[q] = T(0);
@@ -111,6 +114,8 @@ DCN_FN Corners<T, I> bilinear_corners(T y, T x, I H, I W, I sy, I sx, T scale,
   const T dx[4] = {-hy, hy, -ly, ly};
 
   c.base = y0 * sy + x0 * sx;
+  c.fy = ly;
+  c.fx = lx;
   for (int q = 0; q < 4; ++q) {
     if (!valid[q]) continue;
     c.valid |= 1u << q;
