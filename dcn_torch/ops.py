@@ -216,3 +216,19 @@ def _autograd_backward(ctx, grad):
 
 torch.library.register_autograd("dcn::deform_conv2d", _autograd_backward,
                                 setup_context=_setup_context)
+
+
+def _double_backward(ctx, *grads):
+    raise NotImplementedError(
+        "dcn: double backward (a gradient of deform_conv2d's gradient, e.g. from "
+        "create_graph=True) is not supported; torchvision does not support it either")
+
+
+def _setup_backward_context(ctx, inputs, output):
+    pass
+
+
+# Registered so that differentiating the backward raises instead of silently
+# treating it as a constant.
+torch.library.register_autograd("dcn::deform_conv2d_backward", _double_backward,
+                                setup_context=_setup_backward_context)
