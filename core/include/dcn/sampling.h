@@ -32,6 +32,7 @@ struct Corners {
   T wy[4];  // d(value)/dy per corner value (torchvision's offset-gradient rule)
   T wx[4];  // d(value)/dx per corner value
   T fy, fx;  // fractional parts y - floor(y), x - floor(x) (0 outside both regions)
+  I y0, x0;  // the low corner (0 outside both regions), for a second stride set
 };
 
 // Sample coordinate along one axis: integer grid position plus the learned
@@ -78,6 +79,8 @@ DCN_FN Corners<T, I> bilinear_corners(T y, T x, I H, I W, I sy, I sx, T scale,
   c.valid = 0u;
   c.fy = T(0);
   c.fx = T(0);
+  c.y0 = I(0);
+  c.x0 = I(0);
   for (int q = 0; q < 4; ++q) {
     c.idx[q] = I(0);
     c.w[q] = T(0);
@@ -116,6 +119,8 @@ DCN_FN Corners<T, I> bilinear_corners(T y, T x, I H, I W, I sy, I sx, T scale,
   c.base = y0 * sy + x0 * sx;
   c.fy = ly;
   c.fx = lx;
+  c.y0 = y0;
+  c.x0 = x0;
   for (int q = 0; q < 4; ++q) {
     if (!valid[q]) continue;
     c.valid |= 1u << q;
