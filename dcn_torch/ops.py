@@ -147,12 +147,14 @@ def _backward_cpu(grad, input, weight, offset, mask, bias, stride, padding, dila
             elif need_w:
                 _sample(x[n0:n1], off[n0:n1], mc, c, (kh, kw), p)
             if need_w:
-                # sum over images of grad[n, g] @ cols[n, g]^T
+                # grad_weight[g] += grad[n, g] @ cols[n, g]^T, one image at a time
+                # in batch order, so the sum does not depend on the chunking.
                 cv = c.view(nc, groups, Cg * K, P)
-                if nc == 1:
-                    grad_weight += torch.matmul(gv[0], cv[0].transpose(1, 2))
-                else:
-                    grad_weight += torch.matmul(gv, cv.transpose(2, 3)).sum(0, dtype=acc)
+                for i in range(nc):
+                    if gv.dtype == acc:
+                        grad_weight.baddbmm_(gv[i], cv[i].transpose(1, 2))
+                    else:  # half types: GEMM in the storage dtype, sum in float32
+                        grad_weight += torch.bmm(gv[i], cv[i].transpose(1, 2))
 
     # Absent gradients are distinct empty tensors: outputs must not alias.
     gi = grad_input.to(input.dtype) if need_in else input.new_empty((0,))
