@@ -43,6 +43,7 @@ void col2im_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const S* 
     }
     PlanEntry<A> plan[kTile];
     const CornerOffsets co(gs.y, gs.x);
+    const bool unit_x = gs.x == 1;
     for (int64_t k = 0; k < K; ++k) {
       for (int64_t tile = 0; tile < tiles; ++tile) {
         TileTask task{n, g, k, tile * kTile, std::min(P, (tile + 1) * kTile)};
@@ -65,7 +66,23 @@ void col2im_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const S* 
             const PlanEntry<A> e = plan[i];
             if (e.valid == 0u) continue;
             const int64_t b = e.base;
-            if (e.valid == 15u && nb == kChannelBlock) {
+            if (e.valid == 15u && nb == kChannelBlock && unit_x) {
+              // Unit x stride: the two corners of a row are adjacent, and the
+              // compiler pairs their read-modify-writes into one 8-byte access
+              // (stores, not arithmetic, bound this loop).
+              A gv[kChannelBlock];
+              for (int64_t j = 0; j < kChannelBlock; ++j) gv[j] = A(load(cols[j][i * cs.p]));
+              for (int64_t j = 0; j < kChannelBlock; ++j) {
+                A* r0 = planes[j] + b;
+                r0[0] += e.w[0] * gv[j];
+                r0[1] += e.w[1] * gv[j];
+              }
+              for (int64_t j = 0; j < kChannelBlock; ++j) {
+                A* r1 = planes[j] + b + gs.y;
+                r1[0] += e.w[2] * gv[j];
+                r1[1] += e.w[3] * gv[j];
+              }
+            } else if (e.valid == 15u && nb == kChannelBlock) {
               A gv[kChannelBlock];
               for (int64_t j = 0; j < kChannelBlock; ++j) gv[j] = A(load(cols[j][i * cs.p]));
               for (int q = 0; q < 4; ++q)
