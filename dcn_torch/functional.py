@@ -64,6 +64,22 @@ def deform_conv2d(
             "input, offset, weight, mask and bias must be on one device, got "
             + ", ".join(sorted(str(d) for d in devices)))
     if not torch.compiler.is_compiling():
-        ops.check_args(input, weight, offset, mask, bias, stride_, padding_, dilation_)
+        geo = ops.check_args(input, weight, offset, mask, bias, stride_, padding_, dilation_)
+    if torch.onnx.is_in_onnx_export():
+        return _onnx_deform_conv(input, weight, offset, mask, bias, stride_, padding_, dilation_)
     return torch.ops.dcn.deform_conv2d(input, weight, offset, mask, bias,
                                        stride_, padding_, dilation_)
+
+
+def _onnx_deform_conv(input, weight, offset, mask, bias, stride, padding, dilation) -> Tensor:
+    """ONNX DeformConv (opset 19): the same semantics, runnable in onnxruntime."""
+    kh, kw = weight.shape[2], weight.shape[3]
+    ho = (input.shape[2] + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (input.shape[3] + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    attrs = dict(
+        strides=list(stride), pads=[padding[0], padding[1], padding[0], padding[1]],
+        dilations=list(dilation), group=input.shape[1] // weight.shape[1],
+        offset_group=offset.shape[1] // (2 * kh * kw), kernel_shape=[kh, kw])
+    return torch.onnx.ops.symbolic(
+        "::DeformConv", (input, weight, offset, bias, mask), attrs, dtype=input.dtype,
+        shape=(input.shape[0], weight.shape[0], ho, wo), version=19)

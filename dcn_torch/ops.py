@@ -7,7 +7,7 @@ are processed in chunks whose column buffer fits the workspace budget
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -167,6 +167,16 @@ def _backward_cpu(grad, input, weight, offset, mask, bias, stride, padding, dila
 
 _lib.impl("deform_conv2d", _forward_cpu, "CPU")
 _lib.impl("deform_conv2d_backward", _backward_cpu, "CPU")
+
+
+def _no_cuda(*args, **kwargs):
+    raise NotImplementedError(
+        "dcn: this build has no CUDA kernels (dcn_torch.build_info() lists the backends); "
+        "move the tensors to the CPU or install a build with DCN_CUDA")
+
+
+_lib.impl("deform_conv2d", _no_cuda, "CUDA")
+_lib.impl("deform_conv2d_backward", _no_cuda, "CUDA")
 
 
 # ------------------------------------------------------------------ fake kernels
