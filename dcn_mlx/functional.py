@@ -91,13 +91,16 @@ def deform_conv2d(
     cols = _C.deform_sample(input, offset, mask, geo["kernel"], stride_, padding_, dilation_,
                             groups, stream=stream)
     if groups == 1:
-        # (N, Ho, Wo, K*C) @ (K*C, O): one GEMM; the weight is read transposed in place.
-        w = mx.swapaxes(mx.reshape(weight, (O, -1), **s), 0, 1, **s)
+        # (N, Ho, Wo, K*C) @ (K*C, O): one GEMM. The small weight is copied
+        # to (K*C, O) row-major: MLX's CPU GEMM (reference BLAS on Linux)
+        # runs the non-transposed product ~30% faster.
+        w = mx.contiguous(mx.swapaxes(mx.reshape(weight, (O, -1), **s), 0, 1, **s), **s)
         out = mx.matmul(mx.squeeze(cols, 0, **s), w, **s)
     else:
         # group g: cols[g] (N, Ho, Wo, K*Cg) @ weight[g].T (K*Cg, Og)
         w = mx.reshape(weight, (groups, 1, 1, O // groups, -1), **s)
-        out = mx.matmul(cols, mx.swapaxes(w, -1, -2, **s), **s)  # (groups, N, Ho, Wo, Og)
+        w = mx.contiguous(mx.swapaxes(w, -1, -2, **s), **s)  # (groups, 1, 1, K*Cg, Og)
+        out = mx.matmul(cols, w, **s)  # (groups, N, Ho, Wo, Og)
         out = mx.flatten(mx.moveaxis(out, 0, -2, **s), -2, -1, **s)  # (N, Ho, Wo, O)
     if bias is not None:
         out = mx.add(out, bias, **s)

@@ -15,6 +15,7 @@
 
 #include "mlx/array.h"
 #include "mlx/utils.h"
+#include "mlx/version.h"
 
 #include "dcn/cpu.h"
 #include "dcn/params.h"
@@ -121,6 +122,14 @@ convolution with an (O, kh, kw, C/groups) weight.)");
       nb::kw_only(), "stream"_a = nb::none(),
       "The adjoint of deform_sample (DeformSampleGrad primitive): [grad_x] + "
       "[grad_offset[, grad_mask]].");
+
+  // MLX's C++ ABI changes every release: dcn_mlx checks at import that the
+  // mlx it runs with is the one it was compiled against.
+  m.attr("mlx_build_version") = std::to_string(MLX_VERSION_MAJOR) + "." +
+                                std::to_string(MLX_VERSION_MINOR) + "." +
+                                std::to_string(MLX_VERSION_PATCH);
+  m.def("mlx_runtime_version", [] { return std::string(mx::version()); },
+        "Version of the libmlx this module is running with.");
 
   m.def("set_num_threads", &dcn::cpu::set_num_threads, "n"_a,
         "Threads of the dcn CPU kernels (0: hardware concurrency).");

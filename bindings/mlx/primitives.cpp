@@ -137,7 +137,7 @@ dcn::TensorDesc to_desc(const mx::array& a, const char* name, int rank, const ch
   // The core's descriptor holds four sizes: higher ranks are reported here.
   if (a.ndim() > 4) {
     throw std::invalid_argument(std::string(name) + ": expected a " + std::to_string(rank) +
-                                "-D array " + axes + ", got " + std::to_string(a.ndim()) +
+                                "-D tensor " + axes + ", got " + std::to_string(a.ndim()) +
                                 "-D shape " + shape_str(a.shape()));
   }
   dcn::TensorDesc t;

@@ -45,13 +45,10 @@ dcn::DType dtype_from_name(const std::string& s) {
 }
 
 dcn::TensorDesc desc_of_shape(const std::vector<int64_t>& shape, dcn::DType dt) {
+  if (shape.size() > size_t(dcn::TensorDesc::kMaxRank))
+    throw std::invalid_argument("expected 4-D tensors (1-D bias), got a " +
+                                std::to_string(shape.size()) + "-D tensor");
   dcn::TensorDesc t;
-  if (shape.size() > 4) {
-    t.rank = int(shape.size());  // reported by rank check; sizes beyond 4 not needed
-    for (int i = 0; i < 4; ++i) t.shape[i] = shape[i];
-    t.dtype = dt;
-    return t;
-  }
   t.rank = int(shape.size());
   for (size_t i = 0; i < shape.size(); ++i) t.shape[i] = shape[i];
   t.dtype = dt;

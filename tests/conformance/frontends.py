@@ -229,27 +229,162 @@ class TorchFrontend(Frontend):
 
 
 # ---------------------------------------------------------------------------
-# MLX (placeholder: the adapter is not written yet)
+# MLX
 # ---------------------------------------------------------------------------
 
 
 class MLXFrontend(Frontend):
-    """Placeholder for the ``dcn_mlx`` adapter, reported as skipped.
+    """``dcn_mlx.deform_conv2d`` (NHWC, weight ``(O, kh, kw, C/groups)``) on
+    MLX's CPU stream; gradients from ``mx.grad`` over all present arguments.
 
-    To implement: set ``implemented = True``; ``forward`` / ``grads`` convert
-    x, offset, mask from NCHW to NHWC (and weight to dcn_mlx's layout), call
-    ``dcn_mlx``, and transpose the output and every gradient back to NCHW.
-    For ``case.non_contiguous`` feed strided views where MLX has them.
+    NCHW -> NHWC on the way in (x, offset, mask, grad_out; weight
+    ``(O, C/g, kh, kw)`` -> ``(O, kh, kw, C/g)``), back to NCHW on the way out.
+    With ``case.non_contiguous`` the arrays are MLX views read in place by the
+    primitive: input an NCHW buffer transposed to NHWC, offset every other
+    channel of a NaN-filled buffer, mask and grad_out H/W-transposed, weight
+    stored ``(kh, kw, C/g, O)``, bias a stride-2 slice.
+    ``compile=True`` runs forward and gradient under ``mx.compile``.
+
+    float64 runs too: MLX's CPU backend has float64 matmul (0.32.4); only
+    MLX's GPU backends lack float64.
     """
 
-    name = "mlx"
-    dtypes = ("float32", "float16", "bfloat16")
-    implemented = False
+    _DT = ("float64", "float32", "float16", "bfloat16")
+
+    def __init__(self, name: str = "mlx", dtypes: Sequence[str] = DTYPES, compile: bool = False):
+        self.name = name
+        self.dtypes = tuple(dtypes)
+        self.compile = compile
 
     def unavailable_reason(self) -> Optional[str]:
-        if not self.implemented:
-            return "dcn_mlx adapter not written yet"
-        return _import_error("mlx.core") or _import_error("dcn_mlx")
+        reason = _import_error("mlx.core") or _import_error("dcn_mlx")
+        if reason is None:
+            import dcn_mlx
+
+            if not hasattr(dcn_mlx, "deform_conv2d"):
+                reason = "dcn_mlx has no deform_conv2d"
+        return reason
+
+    # -- conversions ------------------------------------------------------
+    @staticmethod
+    def _dtype(dtype: str):
+        import mlx.core as mx
+
+        return getattr(mx, dtype)
+
+    def _array(self, a: Optional[np.ndarray], dtype: str, role: str, strided: bool):
+        """NCHW float64 numpy array -> mx.array of ``dtype`` in dcn_mlx's
+        layout (exact: ``a`` is already representable in ``dtype``)."""
+        import mlx.core as mx
+
+        if a is None:
+            return None
+        a = np.ascontiguousarray(a, dtype=np.float64)
+        dt = self._dtype(dtype)
+        # (mx.array(float64 numpy) alone would give float32)
+        m = mx.array(a, dtype=mx.float64).astype(dt)
+        if role == "bias":
+            if not strided:
+                return m
+            base = mx.full((2 * m.shape[0],), float("nan"), dtype=dt)
+            base[::2] = m
+            return base[::2]
+        if role == "weight":  # (O, C/g, kh, kw) -> (O, kh, kw, C/g)
+            if not strided:
+                return mx.contiguous(mx.transpose(m, (0, 2, 3, 1)))
+            stored = mx.contiguous(mx.transpose(m, (2, 3, 1, 0)))  # (kh, kw, C/g, O) in memory
+            return mx.transpose(stored, (3, 0, 1, 2))
+        # activations: (N, C, H, W) -> (N, H, W, C)
+        if not strided:
+            return mx.contiguous(mx.transpose(m, (0, 2, 3, 1)))
+        if role == "x":  # the NCHW buffer itself, viewed as NHWC
+            return mx.transpose(m, (0, 2, 3, 1))
+        if role == "offset":  # every other channel of a twice-as-wide buffer
+            n, c, h, w = m.shape
+            base = mx.full((n, h, w, 2 * c), float("nan"), dtype=dt)
+            base[..., ::2] = mx.transpose(m, (0, 2, 3, 1))
+            return base[..., ::2]
+        if role in ("mask", "grad_out"):  # stored (N, W, H, C): H and W swapped in memory
+            stored = mx.contiguous(mx.transpose(m, (0, 3, 2, 1)))
+            return mx.swapaxes(stored, 1, 2)
+        raise ValueError(role)
+
+    @staticmethod
+    def _numpy(a, role: str) -> np.ndarray:
+        import mlx.core as mx
+
+        if a.dtype != mx.float64:
+            a = a.astype(mx.float32)
+        out = np.array(a, dtype=np.float64)
+        if role == "weight":
+            return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+        if role == "bias":
+            return out
+        return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+    def _inputs(self, arrs: CaseArrays, case: Case, dtype: str):
+        nc = case.non_contiguous
+        return dict(
+            input=self._array(arrs.x, dtype, "x", nc),
+            offset=self._array(arrs.offset, dtype, "offset", nc),
+            weight=self._array(arrs.weight, dtype, "weight", nc),
+            mask=self._array(arrs.mask, dtype, "mask", nc),
+            bias=self._array(arrs.bias, dtype, "bias", nc),
+        )
+
+    def _fn(self, case: Case):
+        import dcn_mlx
+
+        def fn(input, offset, weight, mask, bias):
+            return dcn_mlx.deform_conv2d(
+                input, offset, weight, bias, stride=tuple(case.stride),
+                padding=tuple(case.padding), dilation=tuple(case.dilation), mask=mask)
+
+        return fn
+
+    def _check(self, a, dtype: str, shape, what: str) -> None:
+        if a.dtype != self._dtype(dtype):
+            raise AssertionError(f"{self.name}: {what} has dtype {a.dtype}, expected {dtype}")
+        if tuple(a.shape) != tuple(shape):
+            raise AssertionError(f"{self.name}: {what} has shape {tuple(a.shape)}, expected {tuple(shape)}")
+
+    # -- API --------------------------------------------------------------
+    def forward(self, arrs: CaseArrays, case: Case, dtype: str) -> np.ndarray:
+        import mlx.core as mx
+
+        ins = self._inputs(arrs, case, dtype)
+        fn = self._fn(case)
+        if self.compile:
+            fn = mx.compile(fn)
+        out = fn(ins["input"], ins["offset"], ins["weight"], ins["mask"], ins["bias"])
+        mx.eval(out)
+        N, O = arrs.x.shape[0], arrs.weight.shape[0]
+        self._check(out, dtype, (N,) + case.out_size + (O,), "output")
+        return self._numpy(out, "output")
+
+    def grads(self, arrs: CaseArrays, case: Case, dtype: str, grad_out: np.ndarray) -> Dict[str, np.ndarray]:
+        import mlx.core as mx
+
+        ins = self._inputs(arrs, case, dtype)
+        g = self._array(grad_out, dtype, "grad_out", case.non_contiguous)
+        keys = [k for k in ("input", "offset", "weight", "mask", "bias") if ins[k] is not None]
+        fn = self._fn(case)
+
+        def loss(*args):
+            kw = dict(zip(keys, args))
+            out = fn(kw["input"], kw["offset"], kw["weight"], kw.get("mask"), kw.get("bias"))
+            return mx.sum(out * g)
+
+        grad_fn = mx.grad(loss, argnums=tuple(range(len(keys))))
+        if self.compile:
+            grad_fn = mx.compile(grad_fn)
+        grads = grad_fn(*(ins[k] for k in keys))
+        mx.eval(grads)
+        result = {}
+        for key, gr in zip(keys, grads):
+            self._check(gr, dtype, ins[key].shape, f"grad[{key}]")
+            result[key] = self._numpy(gr, key)
+        return result
 
 
 # ---------------------------------------------------------------------------
@@ -262,6 +397,8 @@ ALL_FRONTENDS = [
     # loop and the single-threaded kernel paths, checked on the whole table
     TorchFrontend(name="torch_ws1_t1", dtypes=("float64", "float32"), workspace_bytes=1, num_threads=1),
     MLXFrontend(),
+    # the same calls under mx.compile (forward and mx.grad)
+    MLXFrontend(name="mlx_compiled", dtypes=("float32", "bfloat16"), compile=True),
 ]
 
 FRONTENDS = [f for f in ALL_FRONTENDS if f.available()]

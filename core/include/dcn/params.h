@@ -19,8 +19,9 @@ const char* dtype_name(DType d);
 enum class Layout : int { NCHW = 0, NHWC = 1 };
 
 struct TensorDesc {
+  static constexpr int kMaxRank = 8;  // enough to report any wrong rank a user sends
   int rank = -1;  // -1: the optional tensor is absent
-  int64_t shape[4] = {0, 0, 0, 0};
+  int64_t shape[kMaxRank] = {0, 0, 0, 0, 0, 0, 0, 0};
   DType dtype = DType::Float32;
   bool present() const { return rank >= 0; }
 };
