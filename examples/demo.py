@@ -42,7 +42,7 @@ def main() -> int:
     ok = True
     for dev in devices:
         layer_d, off_d, mask_d = layer.to(dev), offset_net.to(dev), mask_net.to(dev)
-        xd = x.to(dev).requires_grad_()
+        xd = x.to(dev).clone().requires_grad_()
         offset = off_d(xd) * 2.0
         mask = torch.sigmoid(mask_d(xd))
         out = layer_d(xd, offset, mask)
@@ -88,8 +88,52 @@ def main() -> int:
             layer_d(xs, os_, ms).sum().backward()
         print(f"[{dev}] timing: forward {fwd_ms:.2f} ms, forward+backward {timed(step):.2f} ms "
               f"({N}x{C}x{H}x{W} -> {O}, 3x3, threads={dcn_torch.get_num_threads()})")
+    ok &= demo_mlx(x.detach(), offset.detach(), mask.detach(), layer)
     print("OK" if ok else "MISMATCH")
     return 0 if ok else 1
+
+
+def demo_mlx(x, offset, mask, torch_layer) -> bool:
+    """The same layer through dcn_mlx (NHWC), weights ported from torch."""
+    try:
+        import mlx.core as mx
+        import dcn_mlx
+    except ImportError as e:
+        print(f"[mlx] skipped: {e}")
+        return True
+    layer = dcn_mlx.from_torch(torch_layer)
+    xm, om, mm = (dcn_mlx.nchw_to_nhwc(t.cpu().numpy()) for t in (x, offset, mask))
+    out = layer(xm, om, mm)
+    ref = torch_layer(x, offset, mask).detach().numpy()
+    err = float(np.abs(dcn_mlx.nhwc_to_nchw(out) - ref).max())
+    print(f"[mlx cpu] forward {tuple(out.shape)} (NHWC): max |dcn_mlx - dcn_torch| = {err:.2e}")
+
+    def loss(params, xx, oo, mk):
+        layer.update(params)
+        return (layer(xx, oo, mk) ** 2).mean()
+
+    grad_fn = mx.value_and_grad(loss, argnums=(0, 1, 2, 3))
+    _, grads = grad_fn(layer.parameters(), xm, om, mm)
+    mx.eval(grads)
+    # The same loss through dcn_torch: every gradient must agree.
+    xs, os_, ms = (t.clone().requires_grad_() for t in (x, offset, mask))
+    torch_layer.zero_grad()
+    (torch_layer(xs, os_, ms) ** 2).mean().backward()
+    pairs = [("input", grads[1], xs.grad), ("offset", grads[2], os_.grad), ("mask", grads[3], ms.grad),
+             ("weight", grads[0]["weight"], torch_layer.weight.grad.permute(0, 2, 3, 1)),
+             ("bias", grads[0]["bias"], torch_layer.bias.grad)]
+    worst = 0.0
+    for name, g_mlx, g_torch in pairs:
+        want = g_torch.detach()
+        want = want.permute(0, 2, 3, 1) if (want.dim() == 4 and name != "weight") else want
+        want = want.numpy()
+        worst = max(worst, float(np.abs(np.array(g_mlx) - want).max() / max(1e-12, np.abs(want).max())))
+    def step():
+        mx.eval(grad_fn(layer.parameters(), xm, om, mm))
+    fwd_ms = timed(lambda: mx.eval(layer(xm, om, mm)))
+    print(f"[mlx cpu]   gradients (input, offset, mask, weight, bias) vs dcn_torch: max relative error {worst:.2e}")
+    print(f"[mlx cpu] timing: forward {fwd_ms:.2f} ms, forward+backward {timed(step):.2f} ms")
+    return err < 1e-4 and worst < 1e-4
 
 
 if __name__ == "__main__":
