@@ -19,23 +19,16 @@
 
 #include "dcn/cpu.h"
 #include "dcn/params.h"
+#include "../common/conv_args.h"
 #include "primitives.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
 namespace mx = mlx::core;
-using Pair = std::tuple<int64_t, int64_t>;
+using dcn_bind::Pair;
+using dcn_bind::fill_params;
 
 namespace {
-
-void fill_params(dcn::ConvArgs& args, Pair stride, Pair padding, Pair dilation) {
-  args.stride[0] = std::get<0>(stride);
-  args.stride[1] = std::get<1>(stride);
-  args.padding[0] = std::get<0>(padding);
-  args.padding[1] = std::get<1>(padding);
-  args.dilation[0] = std::get<0>(dilation);
-  args.dilation[1] = std::get<1>(dilation);
-}
 
 // Full validation of a deform_conv2d call (NHWC), in the core.
 nb::dict geometry(const mx::array& input, const mx::array& weight, const mx::array& offset,
@@ -49,20 +42,7 @@ nb::dict geometry(const mx::array& input, const mx::array& weight, const mx::arr
   if (mask) args.mask = dcn_mlx::to_desc(*mask, "mask", 4, "(N, out_h, out_w, offset_groups*kh*kw)");
   if (bias) args.bias = dcn_mlx::to_desc(*bias, "bias", 1, "(out_channels,)");
   fill_params(args, stride, padding, dilation);
-  dcn::Geometry g;
-  const std::string err = dcn::resolve_geometry(args, &g);
-  if (!err.empty()) throw std::invalid_argument(err);
-  nb::dict d;
-  d["batch"] = g.batch;
-  d["channels"] = g.channels;
-  d["height"] = g.height;
-  d["width"] = g.width;
-  d["out_channels"] = g.out_channels;
-  d["groups"] = g.groups;
-  d["offset_groups"] = g.offset_groups;
-  d["kernel"] = nb::make_tuple(g.kernel_h, g.kernel_w);
-  d["out_size"] = nb::make_tuple(g.out_h, g.out_w);
-  return d;
+  return dcn_bind::geometry_dict(dcn_bind::resolve_or_throw(args));
 }
 
 dcn_mlx::SampleParams make_params(Pair kernel, Pair stride, Pair padding, Pair dilation,

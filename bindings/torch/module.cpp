@@ -16,10 +16,13 @@
 
 #include "dcn/cpu.h"
 #include "dcn/params.h"
+#include "../common/conv_args.h"
 
 namespace nb = nanobind;
 using Array = nb::ndarray<nb::device::cpu>;
-using Pair = std::tuple<int64_t, int64_t>;
+using dcn_bind::Pair;
+using dcn_bind::fill_params;
+using dcn_bind::resolve_or_throw;
 
 namespace {
 
@@ -63,22 +66,6 @@ dcn::TensorDesc desc_of(const Array& a) {
 
 dcn::Strides4 strides4(const Array& a) {
   return dcn::Strides4{a.stride(0), a.stride(1), a.stride(2), a.stride(3)};
-}
-
-void fill_params(dcn::ConvArgs& args, Pair stride, Pair padding, Pair dilation) {
-  args.stride[0] = std::get<0>(stride);
-  args.stride[1] = std::get<1>(stride);
-  args.padding[0] = std::get<0>(padding);
-  args.padding[1] = std::get<1>(padding);
-  args.dilation[0] = std::get<0>(dilation);
-  args.dilation[1] = std::get<1>(dilation);
-}
-
-dcn::Geometry resolve_or_throw(const dcn::ConvArgs& args) {
-  dcn::Geometry g;
-  const std::string err = dcn::resolve_geometry(args, &g);
-  if (!err.empty()) throw std::invalid_argument(err);
-  return g;
 }
 
 // Geometry of a kernel call: the sampling does not depend on the weight
@@ -144,17 +131,7 @@ nb::dict geometry(std::vector<int64_t> input, std::vector<int64_t> weight,
   if (layout == "NHWC") args.layout = dcn::Layout::NHWC;
   else if (layout != "NCHW") throw std::invalid_argument("layout: expected 'NCHW' or 'NHWC'");
   const dcn::Geometry g = resolve_or_throw(args);
-  nb::dict d;
-  d["batch"] = g.batch;
-  d["channels"] = g.channels;
-  d["height"] = g.height;
-  d["width"] = g.width;
-  d["out_channels"] = g.out_channels;
-  d["groups"] = g.groups;
-  d["offset_groups"] = g.offset_groups;
-  d["kernel"] = nb::make_tuple(g.kernel_h, g.kernel_w);
-  d["out_size"] = nb::make_tuple(g.out_h, g.out_w);
-  return d;
+  return dcn_bind::geometry_dict(g);
 }
 
 void im2col(const Array& input, const Array& offset, std::optional<Array> mask, Array columns,
