@@ -18,7 +18,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -88,6 +87,7 @@ def bench_torch(cfg, repeats):
 def bench_mlx(cfg, repeats):
     try:
         import mlx.core as mx
+
         import dcn_mlx
     except Exception:
         return {}

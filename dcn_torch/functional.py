@@ -64,7 +64,7 @@ def deform_conv2d(
             "input, offset, weight, mask and bias must be on one device, got "
             + ", ".join(sorted(str(d) for d in devices)))
     if not torch.compiler.is_compiling():
-        geo = ops.check_args(input, weight, offset, mask, bias, stride_, padding_, dilation_)
+        ops.check_args(input, weight, offset, mask, bias, stride_, padding_, dilation_)
     if torch.onnx.is_in_onnx_export():
         return _onnx_deform_conv(input, weight, offset, mask, bias, stride_, padding_, dilation_)
     return torch.ops.dcn.deform_conv2d(input, weight, offset, mask, bias,

@@ -97,6 +97,7 @@ def demo_mlx(x, offset, mask, torch_layer) -> bool:
     """The same layer through dcn_mlx (NHWC), weights ported from torch."""
     try:
         import mlx.core as mx
+
         import dcn_mlx
     except ImportError as e:
         print(f"[mlx] skipped: {e}")

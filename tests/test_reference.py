@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 try:
-    from reference import deform_conv2d_ref, deform_conv2d_ref_grads, output_size
     from oracles import ort_available, ort_deform_conv2d
+    from reference import deform_conv2d_ref, deform_conv2d_ref_grads, output_size
 except ImportError:  # pragma: no cover - depends on pytest's import mode
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from reference import deform_conv2d_ref, deform_conv2d_ref_grads, output_size
     from oracles import ort_available, ort_deform_conv2d
+    from reference import deform_conv2d_ref, deform_conv2d_ref_grads, output_size
 
 
 # ---------------------------------------------------------------------------

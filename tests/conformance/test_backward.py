@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .cases import CASES, Case, CaseArrays, GRAD_KEYS
+from .cases import CASES, GRAD_KEYS, Case, CaseArrays
 from .frontends import frontend_dtype_params
 from .tolerances import assert_close
 
