@@ -63,6 +63,8 @@ def bench_torch(cfg, repeats):
     xs, ws, bs, offs, ms = (t.clone().requires_grad_() for t in (x, w, b, off, mask))
 
     def fwd_bwd():
+        for t in (xs, ws, bs, offs, ms):
+            t.grad = None  # as optimizer.zero_grad() does: no accumulation cost
         out = dcn_torch.deform_conv2d(xs, offs, ws, bs, padding=1, mask=ms)
         out.sum().backward()
 
@@ -71,6 +73,8 @@ def bench_torch(cfg, repeats):
     xc, wc, bc = (t.clone().requires_grad_() for t in (x, w, b))
 
     def conv_fwd_bwd():
+        for t in (xc, wc, bc):
+            t.grad = None
         F.conv2d(xc, wc, bc, padding=1).sum().backward()
 
     res["conv_fwdbwd"] = timeit(conv_fwd_bwd, repeats)
