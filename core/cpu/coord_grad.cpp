@@ -126,8 +126,11 @@ void coord_grad_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const
       const int64_t p = task.p0 + i;
       const int64_t oy = p / geo.out_w;
       const int64_t ox = p - oy * geo.out_w;
-      gy[oy * gos.y + ox * gos.x] = store<S>(plan[i].mask * acc_y[i]);
-      gx[oy * gos.y + ox * gos.x] = store<S>(plan[i].mask * acc_x[i]);
+      // A sample outside the gradient region has exactly 0 offset gradient,
+      // even when its mask is NaN or inf (0 * NaN would say otherwise).
+      const bool outside = plan[i].valid == 0u;
+      gy[oy * gos.y + ox * gos.x] = store<S>(outside ? A(0) : plan[i].mask * acc_y[i]);
+      gx[oy * gos.y + ox * gos.x] = store<S>(outside ? A(0) : plan[i].mask * acc_x[i]);
       if (gm) gm[oy * gms.y + ox * gms.x] = store<S>(acc_m[i]);
     }
   });

@@ -63,8 +63,10 @@ template <typename T>
       }
     }
   }
-  grad_offset[o] = T(m * acc_y);
-  grad_offset[o + 1] = T(m * acc_x);
+  // Outside the gradient region the offset gradient is exactly 0, even for a
+  // NaN or inf mask (the CPU kernel's rule).
+  grad_offset[o] = T(cr.valid != 0u ? m * acc_y : 0.0f);
+  grad_offset[o + 1] = T(cr.valid != 0u ? m * acc_x : 0.0f);
   if (prm.has_mask != 0) grad_mask[mi] = T(acc_m);
 }
 
