@@ -63,9 +63,11 @@ def deform_conv2d(
         raise ValueError(
             "input, offset, weight, mask and bias must be on one device, got "
             + ", ".join(sorted(str(d) for d in devices)))
-    if not torch.compiler.is_compiling():
-        ops.check_args(input, weight, offset, mask, bias, stride_, padding_, dilation_)
+    # Shapes, dtypes and parameters are validated by the core inside the op
+    # (and by its fake kernel under torch.compile); the ONNX path never runs
+    # the op, so it validates here.
     if torch.onnx.is_in_onnx_export():
+        ops.check_args(input, weight, offset, mask, bias, stride_, padding_, dilation_)
         return _onnx_deform_conv(input, weight, offset, mask, bias, stride_, padding_, dilation_)
     return torch.ops.dcn.deform_conv2d(input, weight, offset, mask, bias,
                                        stride_, padding_, dilation_)
