@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "channels_last.h"
 #include "parallel.h"
 #include "plan.h"
 
@@ -47,6 +48,8 @@ template <typename S>
 void im2col_impl(const Geometry& geo, const S* input, Strides4 is, const S* offset, Strides4 os,
                  const S* mask, Strides4 ms, S* columns, ColumnStrides cs) {
   using A = acc_t<S>;
+  if (is.c == 1 && cs.c == 1)
+    return im2col_channels_last(geo, input, is, offset, os, mask, ms, columns, cs);
   const int64_t cpg = geo.channels_per_offset_group();
   const int64_t K = geo.kernel_points();
   const int64_t P = geo.out_pixels();

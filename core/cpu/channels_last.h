@@ -1,0 +1,84 @@
+// Channels-last im2col (MLX's NHWC layout).
+//
+// When the input's channel stride is 1 and so is the columns' (within a
+// weight group), the four corners of a sample are four contiguous runs of
+// channels. The loop below sweeps those runs with unit stride, so the
+// compiler vectorises it (SSE2 on any x86-64, NEON on arm64): the plan is
+// still computed once per (offset group, kernel point, pixel), and each
+// channel costs a few vector lanes instead of a scalar gather. Measured here
+// (1x256x64x64, 3x3): 3.1 ms against 6.3 ms for the channel-major loop.
+// Same arithmetic, in the same order, as gather(): bitwise equal columns.
+//
+// The backward kernels keep their strided loops for every layout: a
+// channels-last variant of each measured slower here (plan recomputation per
+// channel slice in col2im, register pressure in coord_grad's reduction).
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "parallel.h"
+#include "plan.h"
+
+namespace dcn::cpu {
+
+// Runs of channels [c, c_end) of one offset group that stay inside one
+// weight-group block of the columns (contiguous there). fn(c0, c1).
+template <typename Fn>
+inline void for_each_channel_run(const ColumnStrides& cs, int64_t c_begin, int64_t c_end, Fn&& fn) {
+  for (int64_t c = c_begin; c < c_end;) {
+    const int64_t block_end = (c / cs.block + 1) * cs.block;
+    const int64_t c1 = std::min(c_end, block_end);
+    fn(c, c1);
+    c = c1;
+  }
+}
+
+// columns[c] = sum_q w[q] * corner_q[c] for a run of channels.
+template <typename A, typename S>
+inline void sample_run(const PlanEntry<A>& e, const S* __restrict image, int64_t n_ch,
+                       const CornerOffsets& co, S* __restrict out) {
+  if (e.valid == 15u) {
+    const S* __restrict r0 = image + e.base + co.at[0];
+    const S* __restrict r1 = image + e.base + co.at[1];
+    const S* __restrict r2 = image + e.base + co.at[2];
+    const S* __restrict r3 = image + e.base + co.at[3];
+    const A w0 = e.w[0], w1 = e.w[1], w2 = e.w[2], w3 = e.w[3];
+    for (int64_t c = 0; c < n_ch; ++c)
+      out[c] = store<S>(w0 * A(load(r0[c])) + w1 * A(load(r1[c])) + w2 * A(load(r2[c])) +
+                        w3 * A(load(r3[c])));
+    return;
+  }
+  for (int64_t c = 0; c < n_ch; ++c) {
+    A v = A(0);
+    for (int q = 0; q < 4; ++q)
+      if (e.valid >> q & 1u) v += e.w[q] * A(load(image[e.base + co.at[q] + c]));
+    out[c] = store<S>(v);
+  }
+}
+
+template <typename S>
+void im2col_channels_last(const Geometry& geo, const S* input, Strides4 is, const S* offset,
+                          Strides4 os, const S* mask, Strides4 ms, S* columns, ColumnStrides cs) {
+  using A = acc_t<S>;
+  const int64_t cpg = geo.channels_per_offset_group();
+  const CornerOffsets co(is.y, is.x);
+  parallel_for(num_tile_tasks(geo), [&](int64_t t) {
+    const TileTask task = tile_task(geo, t);
+    PlanEntry<A> plan[kTile];
+    for_each_sample<A>(geo, task, offset, os, mask, ms, [&](int64_t i, A y, A x, A m) {
+      plan[i] = plan_entry(bilinear_corners<A, int64_t>(y, x, geo.height, geo.width, is.y,
+                                                         is.x, m, false));
+    });
+    const int64_t c0 = task.g * cpg;
+    const S* image = input + task.n * is.n + c0;
+    for (int64_t i = 0; i < task.p1 - task.p0; ++i) {
+      S* col = columns + task.n * cs.n + task.k * cs.k + (task.p0 + i) * cs.p;
+      for_each_channel_run(cs, c0, c0 + cpg, [&](int64_t a, int64_t b) {
+        sample_run(plan[i], image + (a - c0), b - a, co, col + cs.channel(a));
+      });
+    }
+  });
+}
+
+}  // namespace dcn::cpu
