@@ -11,6 +11,10 @@
 
 #include "dcn/cpu.h"
 
+#if defined(DCN_OPENMP)
+#include <omp.h>
+#endif
+
 namespace dcn::cpu {
 namespace {
 
@@ -132,7 +136,23 @@ void parallel_for(int64_t n_tasks, const std::function<void(int64_t)>& fn) {
   if (n_tasks <= 0) return;
   int threads = get_num_threads();
   if (int64_t(threads) > n_tasks) threads = int(n_tasks);
+#if defined(DCN_OPENMP)
+  // Built for a host that runs OpenMP itself (PyTorch on Linux ships
+  // libgomp.so.1, and the loader hands this module that same, already loaded
+  // runtime): run on its thread team. Its threads are the ones torch just
+  // used for a GEMM and are still spinning, so they start at once, and there
+  // is never a second set of threads competing with them for the cores.
+  if (threads > 1 && !omp_in_parallel()) {
+    std::atomic<int64_t> next{0};
+#pragma omp parallel num_threads(threads)
+    {
+      for (int64_t t = next.fetch_add(1); t < n_tasks; t = next.fetch_add(1)) fn(t);
+    }
+    return;
+  }
+#else
   if (threads > 1 && !t_inside_parallel && pool().try_run(n_tasks, threads, fn)) return;
+#endif
   for (int64_t t = 0; t < n_tasks; ++t) fn(t);
 }
 
