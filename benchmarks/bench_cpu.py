@@ -157,6 +157,14 @@ def main():
             print(f"| {name} {N}x{C}x{H}x{W}->{O} | {r['dcn_fwd']:.2f} ms | {ort:.2f} ms | "
                   f"{r['dcn_fwd'] / ort:.2f}x | {r['conv_fwd']:.2f} ms | {r['dcn_fwdbwd']:.2f} ms | "
                   f"{r['dcn_fwdbwd'] / r['dcn_fwd']:.2f}x | {r['conv_fwdbwd']:.2f} ms |")
+        if any("mlx_dcn_fwd" in r for _, _, r in rows):
+            print("\n| config (MLX, CPU) | dcn_mlx fwd | mx.conv2d fwd | ratio | dcn_mlx fwd+bwd | mx.conv2d fwd+bwd |")
+            print("|---|---|---|---|---|---|")
+            for name, cfg, r in rows:
+                N, C, H, W, O = cfg
+                print(f"| {name} {N}x{H}x{W}x{C}->{O} | {r['mlx_dcn_fwd']:.1f} ms | {r['mlx_conv_fwd']:.1f} ms | "
+                      f"{r['mlx_dcn_fwd'] / r['mlx_conv_fwd']:.2f}x | {r['mlx_dcn_fwdbwd']:.1f} ms | "
+                      f"{r['mlx_conv_fwdbwd']:.1f} ms |")
 
 
 if __name__ == "__main__":
