@@ -45,8 +45,8 @@ inline void sample_run(const PlanEntry<A>& e, const S* __restrict image, int64_t
     const S* __restrict r3 = image + e.base + co.at[3];
     const A w0 = e.w[0], w1 = e.w[1], w2 = e.w[2], w3 = e.w[3];
     for (int64_t c = 0; c < n_ch; ++c)
-      out[c] = store<S>(w0 * A(load(r0[c])) + w1 * A(load(r1[c])) + w2 * A(load(r2[c])) +
-                        w3 * A(load(r3[c])));
+      out[c] = store<S>(weighted_sum4(w0, w1, w2, w3, A(load(r0[c])), A(load(r1[c])),
+                                      A(load(r2[c])), A(load(r3[c]))));
     return;
   }
   for (int64_t c = 0; c < n_ch; ++c) {

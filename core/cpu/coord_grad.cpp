@@ -83,16 +83,13 @@ void coord_grad_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const
             const A v0 = A(load(plane[e.base + co.at[0]])), v1 = A(load(plane[e.base + co.at[1]]));
             const A v2 = A(load(plane[e.base + co.at[2]])), v3 = A(load(plane[e.base + co.at[3]]));
             const A gv = A(load(gcol[col_of[j] + i * cs.p]));
-            const A d01 = v1 - v0, d23 = v3 - v2;
-            const A top = v0 + e.fx * d01, bottom = v2 + e.fx * d23;
-            const A dy = bottom - top;
-            const A value = top + e.fy * dy;
-            ay += gv * dy;
-            ax += gv * (d01 + e.fy * (d23 - d01));
-            am += gv * value;
+            const InteriorGrad<A> r = interior_value_and_grad(v0, v1, v2, v3, e.fy, e.fx);
+            ay += gv * r.dy;
+            ax += gv * r.dx;
+            am += gv * r.value;
             if (cols_out)
               cols_out[col_of[j] + i * cs.p] =
-                  store<S>(e.wm[0] * v0 + e.wm[1] * v1 + e.wm[2] * v2 + e.wm[3] * v3);
+                  store<S>(weighted_sum4(e.wm[0], e.wm[1], e.wm[2], e.wm[3], v0, v1, v2, v3));
           }
         } else {
           for (int64_t j = 0; j < nb; ++j) {
@@ -101,10 +98,9 @@ void coord_grad_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const
             for (int q = 0; q < 4; ++q)
               v[q] = (e.valid >> q & 1u) ? A(load(plane[e.base + co.at[q]])) : A(0);
             const A gv = A(load(gcol[col_of[j] + i * cs.p]));
-            const A value = e.w[0] * v[0] + e.w[1] * v[1] + e.w[2] * v[2] + e.w[3] * v[3];
-            ay += gv * (e.wy[0] * v[0] + e.wy[1] * v[1] + e.wy[2] * v[2] + e.wy[3] * v[3]);
-            ax += gv * (e.wx[0] * v[0] + e.wx[1] * v[1] + e.wx[2] * v[2] + e.wx[3] * v[3]);
-            am += gv * value;
+            ay += gv * weighted_sum4(e.wy[0], e.wy[1], e.wy[2], e.wy[3], v[0], v[1], v[2], v[3]);
+            ax += gv * weighted_sum4(e.wx[0], e.wx[1], e.wx[2], e.wx[3], v[0], v[1], v[2], v[3]);
+            am += gv * weighted_sum4(e.w[0], e.w[1], e.w[2], e.w[3], v[0], v[1], v[2], v[3]);
             // The forward's column, recomputed for the weight gradient with
             // im2col's exact arithmetic (valid corners, masked weights).
             if (cols_out) {

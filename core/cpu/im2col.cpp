@@ -29,8 +29,8 @@ inline void sample_block(const PlanEntry<A>* plan, int64_t len, const S* const* 
         for (int64_t j = 0; j < kChannelBlock; ++j) {
           const S* r0 = planes[j] + e.base;
           const S* r1 = r0 + sy;
-          cols[j][i] = store<S>(e.w[0] * A(load(r0[0])) + e.w[1] * A(load(r0[1])) +
-                                e.w[2] * A(load(r1[0])) + e.w[3] * A(load(r1[1])));
+          cols[j][i] = store<S>(weighted_sum4(e.w[0], e.w[1], e.w[2], e.w[3], A(load(r0[0])),
+                                              A(load(r0[1])), A(load(r1[0])), A(load(r1[1]))));
         }
       } else {
         for (int64_t j = 0; j < kChannelBlock; ++j) cols[j][i] = store<S>(gather(e, planes[j], co));

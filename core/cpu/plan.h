@@ -118,8 +118,9 @@ inline A gather(const PlanEntry<A>& e, const S* plane, const CornerOffsets& co) 
   // plane (y_low = -1), which is fine as an integer, not as a pointer.
   const int64_t b = e.base;
   if (e.valid == 15u) {
-    return e.w[0] * A(load(plane[b + co.at[0]])) + e.w[1] * A(load(plane[b + co.at[1]])) +
-           e.w[2] * A(load(plane[b + co.at[2]])) + e.w[3] * A(load(plane[b + co.at[3]]));
+    return weighted_sum4(e.w[0], e.w[1], e.w[2], e.w[3], A(load(plane[b + co.at[0]])),
+                         A(load(plane[b + co.at[1]])), A(load(plane[b + co.at[2]])),
+                         A(load(plane[b + co.at[3]])));
   }
   A v = A(0);
   for (int q = 0; q < 4; ++q)

@@ -41,25 +41,20 @@ template <typename T>
     for (int c = c0; c < c0 + cpg; ++c) {
       const float gv = float(grad_columns[dcn_column_at(prm, s.n, s.p, c, s.k)]);
       if (cr.valid == 15u) {
-        // All four corners inside: interpolate along x, then y; the
-        // derivatives fall out of the same differences.
+        // All four corners inside: the shared interior formula.
         const float v0 = float(image[cr.idx[0] + c]), v1 = float(image[cr.idx[1] + c]);
         const float v2 = float(image[cr.idx[2] + c]), v3 = float(image[cr.idx[3] + c]);
-        const float d01 = v1 - v0, d23 = v3 - v2;
-        const float top = v0 + cr.fx * d01, bottom = v2 + cr.fx * d23;
-        const float dy = bottom - top;
-        const float value = top + cr.fy * dy;
-        acc_y += gv * dy;
-        acc_x += gv * (d01 + cr.fy * (d23 - d01));
-        acc_m += gv * value;
+        const dcn::InteriorGrad<float> r = dcn::interior_value_and_grad(v0, v1, v2, v3, cr.fy, cr.fx);
+        acc_y += gv * r.dy;
+        acc_x += gv * r.dx;
+        acc_m += gv * r.value;
       } else {
         float v[4];
         for (int q = 0; q < 4; ++q)
           v[q] = ((cr.valid >> q) & 1u) ? float(image[cr.idx[q] + c]) : 0.0f;
-        const float value = cr.w[0] * v[0] + cr.w[1] * v[1] + cr.w[2] * v[2] + cr.w[3] * v[3];
-        acc_y += gv * (cr.wy[0] * v[0] + cr.wy[1] * v[1] + cr.wy[2] * v[2] + cr.wy[3] * v[3]);
-        acc_x += gv * (cr.wx[0] * v[0] + cr.wx[1] * v[1] + cr.wx[2] * v[2] + cr.wx[3] * v[3]);
-        acc_m += gv * value;
+        acc_y += gv * dcn::weighted_sum4(cr.wy[0], cr.wy[1], cr.wy[2], cr.wy[3], v[0], v[1], v[2], v[3]);
+        acc_x += gv * dcn::weighted_sum4(cr.wx[0], cr.wx[1], cr.wx[2], cr.wx[3], v[0], v[1], v[2], v[3]);
+        acc_m += gv * dcn::weighted_sum4(cr.w[0], cr.w[1], cr.w[2], cr.w[3], v[0], v[1], v[2], v[3]);
       }
     }
   }

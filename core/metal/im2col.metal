@@ -13,8 +13,9 @@
 template <typename P>
 inline float dcn_gather(P image, dcn::Corners<float, int> cr, unsigned valid, int c) {
   if (valid == 15u) {
-    return cr.w[0] * float(image[cr.idx[0] + c]) + cr.w[1] * float(image[cr.idx[1] + c]) +
-           cr.w[2] * float(image[cr.idx[2] + c]) + cr.w[3] * float(image[cr.idx[3] + c]);
+    return dcn::weighted_sum4(cr.w[0], cr.w[1], cr.w[2], cr.w[3], float(image[cr.idx[0] + c]),
+                              float(image[cr.idx[1] + c]), float(image[cr.idx[2] + c]),
+                              float(image[cr.idx[3] + c]));
   }
   float v = 0.0f;
   for (int q = 0; q < 4; ++q)

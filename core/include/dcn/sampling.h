@@ -134,6 +134,35 @@ DCN_FN Corners<T, I> bilinear_corners(T y, T x, I H, I W, I sy, I sx, T scale,
   return c;
 }
 
+// w0*v0 + w1*v1 + w2*v2 + w3*v3, in that order: the bilinear value (or one
+// of its coordinate derivatives) from four corner values. Every kernel that
+// needs it calls this, so the forward's columns and the columns the backward
+// recomputes round identically.
+template <typename T>
+DCN_FN T weighted_sum4(T w0, T w1, T w2, T w3, T v0, T v1, T v2, T v3) {
+  return w0 * v0 + w1 * v1 + w2 * v2 + w3 * v3;
+}
+
+// Value and coordinate derivatives of a sample whose four corners are all
+// inside the plane: interpolate along x, then along y; d/dy and d/dx
+// (torchvision's coordinate weights) fall out of the same differences.
+// v0..v3 in Corners order; fy, fx the fractional parts.
+template <typename T>
+struct InteriorGrad {
+  T value, dy, dx;
+};
+
+template <typename T>
+DCN_FN InteriorGrad<T> interior_value_and_grad(T v0, T v1, T v2, T v3, T fy, T fx) {
+  const T d01 = v1 - v0, d23 = v3 - v2;
+  const T top = v0 + fx * d01, bottom = v2 + fx * d23;
+  InteriorGrad<T> r;
+  r.dy = bottom - top;
+  r.value = top + fy * r.dy;
+  r.dx = d01 + fy * (d23 - d01);
+  return r;
+}
+
 // Output size of one spatial axis: (in + 2*pad - dil*(k-1) - 1) / stride + 1.
 // Returns a value < 1 when the kernel does not fit (the caller reports it).
 template <typename I>
