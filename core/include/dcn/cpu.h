@@ -6,31 +6,16 @@
 //   input      (N, C, H, W)            strides Strides4 {n, c, y, x}
 //   offset     (N, 2*G*K, out_h, out_w) strides Strides4 {n, channel, y, x}
 //   mask       (N, G*K, out_h, out_w)   optional (nullptr when absent)
-//   columns    (N, C, K, P)             strides ColumnStrides (see below)
+//   columns    (N, C, K, P)             strides ColumnStrides (dcn/layout.h)
 // Storage dtype is one of DType; accumulation is float (f32/f16/bf16) or
 // double (f64). All indices are 64-bit.
 #pragma once
 #include <cstdint>
 
+#include "dcn/layout.h"
 #include "dcn/params.h"
 
 namespace dcn {
-
-struct Strides4 {
-  int64_t n = 0, c = 0, y = 0, x = 0;
-};
-
-// Column element (n, c, k, p) lives at
-//   n*n_stride + (c / block)*block_stride + (c % block)*c_stride + k*k_stride + p*p_stride
-// where `block` is the channel count of one weight group. One kernel thus
-// serves torch's (N, C*K, P) layout (block = C, c_stride = K*P, k_stride = P)
-// and MLX's (N, P, [weight group, k, channel in group]) layout that matches
-// an (O, kh, kw, C/groups) weight (c_stride = 1, k_stride = C/groups).
-struct ColumnStrides {
-  int64_t n = 0, block_stride = 0, c = 0, k = 0, p = 0;
-  int64_t block = 1;  // channels per weight group (>= 1)
-  int64_t channel(int64_t ch) const { return (ch / block) * block_stride + (ch % block) * c; }
-};
 
 namespace cpu {
 
