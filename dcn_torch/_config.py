@@ -1,4 +1,5 @@
-"""Process-wide settings: CPU thread count and the column workspace budget."""
+"""Process-wide settings: CPU thread count, the column workspace budget and
+the deterministic mode of the CUDA backward."""
 from __future__ import annotations
 
 import os
@@ -59,3 +60,25 @@ def chunk_size(batch: int, bytes_per_image: int) -> int:
     if batch <= 0:
         return 0
     return max(1, min(batch, _workspace_bytes // max(bytes_per_image, 1)))
+
+
+_deterministic: "bool | None" = None
+
+
+def set_deterministic(mode: "bool | None") -> None:
+    """Deterministic CUDA backward: True, False, or None (the default: follow
+    ``torch.use_deterministic_algorithms``). Deterministic mode gives bitwise
+    identical input gradients run to run (a sort-based gather instead of
+    atomic adds); every other gradient, and everything on the CPU, is
+    deterministic always."""
+    global _deterministic
+    if mode is not None and not isinstance(mode, bool):
+        raise TypeError(f"set_deterministic: expected True, False or None, got {mode!r}")
+    _deterministic = mode
+
+
+def deterministic() -> bool:
+    """The effective setting (see set_deterministic)."""
+    if _deterministic is not None:
+        return _deterministic
+    return torch.are_deterministic_algorithms_enabled()

@@ -58,11 +58,10 @@ def deform_conv2d(
                          (weight, "weight", False), (mask, "mask", True), (bias, "bias", True)):
         _check_tensor(t, name, opt)
     stride_, padding_, dilation_ = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
-    devices = {t.device for t in (input, offset, weight, mask, bias) if t is not None}
-    if len(devices) > 1:
-        raise ValueError(
-            "input, offset, weight, mask and bias must be on one device, got "
-            + ", ".join(sorted(str(d) for d in devices)))
+    for t, name in ((offset, "offset"), (weight, "weight"), (mask, "mask"), (bias, "bias")):
+        if t is not None and t.device != input.device:
+            raise ValueError(
+                f"{name}: expected a tensor on {input.device} (the input's device), got {t.device}")
     # Shapes, dtypes and parameters are validated by the core inside the op
     # (and by its fake kernel under torch.compile); the ONNX path never runs
     # the op, so it validates here.

@@ -59,14 +59,42 @@ def _detached(t: Optional[Tensor]) -> Optional[Tensor]:
     return None if t is None else t.detach()
 
 
-def _sample(input: Tensor, offset: Tensor, mask: Optional[Tensor], cols: Tensor, kernel, p) -> None:
-    _C.im2col(input, offset, mask, cols, kernel, p["stride"], p["padding"], p["dilation"])
+def _stream(t: Tensor) -> int:
+    """The handle of the stream the kernels launch on: torch's current CUDA
+    stream of t's device (0 on the CPU)."""
+    return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
 
 
-# ---------------------------------------------------------------- forward (CPU)
-def _forward_cpu(input, weight, offset, mask, bias, stride, padding, dilation):
-    geo = check_args(input, weight, offset, mask, bias, stride, padding, dilation)
+def _prepare(t: Tensor) -> None:
+    if t.is_cuda:
+        return
     _config.apply_num_threads()
+
+
+def _sample(input: Tensor, offset: Tensor, mask: Optional[Tensor], cols: Tensor, kernel, p) -> None:
+    _C.im2col(input, offset, mask, cols, kernel, p["stride"], p["padding"], p["dilation"],
+              _stream(input))
+
+
+def _chunk(geo: dict, bytes_per_image: int, device: torch.device, deterministic: bool) -> int:
+    """Images per batch chunk: the columns fit the workspace budget and, for
+    the deterministic CUDA col2im, its 32-bit entry and pixel keys fit."""
+    N = geo["batch"]
+    chunk = _config.chunk_size(N, bytes_per_image)
+    if device.type == "cuda" and deterministic and N > 0:
+        kh, kw = geo["kernel"]
+        Ho, Wo = geo["out_size"]
+        G = geo["offset_groups"]
+        entries = 4 * G * kh * kw * Ho * Wo
+        pixels = G * geo["height"] * geo["width"]
+        chunk = max(1, min(chunk, (2**31 - 1) // entries, (2**32 - 2) // pixels))
+    return chunk
+
+
+# -------------------------------------------------------------------- forward
+def _forward(input, weight, offset, mask, bias, stride, padding, dilation):
+    geo = check_args(input, weight, offset, mask, bias, stride, padding, dilation)
+    _prepare(input)
     N, C = geo["batch"], geo["channels"]
     O, groups = geo["out_channels"], geo["groups"]
     kh, kw = geo["kernel"]
@@ -93,10 +121,10 @@ def _forward_cpu(input, weight, offset, mask, bias, stride, padding, dilation):
     return out
 
 
-# --------------------------------------------------------------- backward (CPU)
-def _backward_cpu(grad, input, weight, offset, mask, bias, stride, padding, dilation, output_mask):
+# ------------------------------------------------------------------- backward
+def _backward(grad, input, weight, offset, mask, bias, stride, padding, dilation, output_mask):
     geo = check_args(input, weight, offset, mask, bias, stride, padding, dilation)
-    _config.apply_num_threads()
+    _prepare(input)
     need_in, need_w, need_off, need_mask, need_b = output_mask
     need_mask = need_mask and mask is not None
     need_b = need_b and bias is not None
@@ -107,9 +135,15 @@ def _backward_cpu(grad, input, weight, offset, mask, bias, stride, padding, dila
     K, P, Cg, Og = kh * kw, Ho * Wo, C // groups, O // groups
     acc = torch.float64 if input.dtype == torch.float64 else torch.float32
 
+    dev = input.device
+    cuda = dev.type == "cuda"
+    stream = _stream(input)
+    # The CPU col2im is deterministic by construction; on CUDA the default
+    # adds with atomics and the deterministic kernel is chosen here.
+    deterministic = cuda and _config.deterministic()
     # col2im and coord_grad write every element: no zero fill needed.
-    grad_input = torch.empty(input.shape, dtype=acc) if need_in else None
-    grad_weight = torch.zeros((groups, Og, Cg * K), dtype=acc) if need_w else None
+    grad_input = torch.empty(input.shape, dtype=acc, device=dev) if need_in else None
+    grad_weight = torch.zeros((groups, Og, Cg * K), dtype=acc, device=dev) if need_w else None
     grad_offset = offset.new_empty(offset.shape) if (need_off or need_mask) else None
     grad_mask = mask.new_empty(mask.shape) if (mask is not None and (need_off or need_mask)) else None
 
@@ -119,7 +153,7 @@ def _backward_cpu(grad, input, weight, offset, mask, bias, stride, padding, dila
         w = _detached(weight).reshape(groups, Og, Cg * K)
         wt = w.transpose(1, 2)
         p = _params(stride, padding, dilation)
-        chunk = _config.chunk_size(N, C * K * P * input.element_size())
+        chunk = _chunk(geo, C * K * P * input.element_size(), dev, deterministic)
         shape = (chunk, C * K, Ho, Wo)
         numel = chunk * C * K * P
         cols = _workspace.get(numel, input.dtype, input.device, 0).view(shape) if need_w else None
@@ -135,18 +169,29 @@ def _backward_cpu(grad, input, weight, offset, mask, bias, stride, padding, dila
                 gc = gcols[:nc]
                 torch.matmul(wt, gv, out=gc.view(nc, groups, Cg * K, P))
                 if need_in:
-                    _C.col2im(gc, off[n0:n1], mc, grad_input[n0:n1], (kh, kw), p["stride"],
-                              p["padding"], p["dilation"])
+                    gi = grad_input[n0:n1]
+                    ws = None
+                    if deterministic:
+                        size = _C.col2im_workspace_size(gi, off[n0:n1], mc, (kh, kw), p["stride"],
+                                                        p["padding"], p["dilation"])
+                        ws = torch.empty(size, dtype=torch.uint8, device=dev)
+                    _C.col2im(gc, off[n0:n1], mc, gi, (kh, kw), p["stride"], p["padding"],
+                              p["dilation"], stream, ws)
                 if need_off or need_mask:
                     # Also recomputes the forward's columns (c) on the way.
                     _C.coord_grad(gc, x[n0:n1], off[n0:n1], mc, grad_offset[n0:n1],
                                   None if grad_mask is None else grad_mask[n0:n1], c, (kh, kw),
-                                  p["stride"], p["padding"], p["dilation"])
+                                  p["stride"], p["padding"], p["dilation"], stream)
                 elif need_w:
                     _sample(x[n0:n1], off[n0:n1], mc, c, (kh, kw), p)
             elif need_w:
                 _sample(x[n0:n1], off[n0:n1], mc, c, (kh, kw), p)
-            if need_w:
+            if need_w and cuda:
+                # One batched GEMM per chunk, summed over the chunk's images in
+                # float32 (float64 for float64): deterministic, no atomics.
+                cv = c.view(nc, groups, Cg * K, P)
+                grad_weight += torch.matmul(gv, cv.transpose(-1, -2)).sum(0, dtype=acc)
+            elif need_w:
                 # grad_weight[g] += grad[n, g] @ cols[n, g]^T, one image at a time
                 # in batch order, so the sum does not depend on the chunking.
                 cv = c.view(nc, groups, Cg * K, P)
@@ -167,8 +212,8 @@ def _backward_cpu(grad, input, weight, offset, mask, bias, stride, padding, dila
     return gi, gw, go, gm, gb
 
 
-_lib.impl("deform_conv2d", _forward_cpu, "CPU")
-_lib.impl("deform_conv2d_backward", _backward_cpu, "CPU")
+_lib.impl("deform_conv2d", _forward, "CPU")
+_lib.impl("deform_conv2d_backward", _backward, "CPU")
 
 
 def _no_cuda(*args, **kwargs):
@@ -177,8 +222,9 @@ def _no_cuda(*args, **kwargs):
         "move the tensors to the CPU or install a build with DCN_CUDA")
 
 
-_lib.impl("deform_conv2d", _no_cuda, "CUDA")
-_lib.impl("deform_conv2d_backward", _no_cuda, "CUDA")
+HAS_CUDA = _C.cuda_info() is not None
+_lib.impl("deform_conv2d", _forward if HAS_CUDA else _no_cuda, "CUDA")
+_lib.impl("deform_conv2d_backward", _backward if HAS_CUDA else _no_cuda, "CUDA")
 
 
 # ------------------------------------------------------------------ fake kernels

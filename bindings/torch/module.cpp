@@ -1,6 +1,9 @@
-// dcn_torch._C: the core's CPU kernels over DLPack arrays (zero-copy torch
-// tensors). It links no framework: torch users need neither libtorch
-// headers nor MLX. The GEMMs and the batch chunking live in dcn_torch.
+// dcn_torch._C: the core's kernels over DLPack arrays (zero-copy torch
+// tensors), CPU and, when built with DCN_CUDA, CUDA: each call runs on the
+// device its arrays live on (all on one device, or ValueError). It links no
+// framework: torch users need neither libtorch headers nor MLX. The GEMMs
+// and the batch chunking live in dcn_torch; CUDA calls take the stream to
+// launch on (torch's current stream) from there, as an integer handle.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -8,18 +11,24 @@
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
+#include <cstdint>
+#include <initializer_list>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "dcn/cpu.h"
 #include "dcn/params.h"
+#if defined(DCN_WITH_CUDA)
+#include "dcn/cuda.h"
+#endif
 #include "../common/conv_args.h"
 
 namespace nb = nanobind;
-using Array = nb::ndarray<nb::device::cpu>;
+using Array = nb::ndarray<>;  // any device: checked by on_device()
 using dcn_bind::Pair;
 using dcn_bind::fill_params;
 using dcn_bind::resolve_or_throw;
@@ -66,6 +75,49 @@ dcn::TensorDesc desc_of(const Array& a) {
 
 dcn::Strides4 strides4(const Array& a) {
   return dcn::Strides4{a.stride(0), a.stride(1), a.stride(2), a.stride(3)};
+}
+
+// Where a call runs: every array on the CPU, or every array on the same
+// CUDA device (the stream is torch's current one, passed by the caller).
+struct Place {
+  bool cuda = false;
+  int device = 0;
+};
+
+Place on_device(std::initializer_list<std::pair<const char*, const Array*>> arrays) {
+  Place place;
+  bool first = true;
+  for (const auto& [name, a] : arrays) {
+    if (a == nullptr) continue;
+    const int type = a->device_type();
+    const bool cuda = type == nb::device::cuda::value;
+    if (!cuda && type != nb::device::cpu::value)
+      throw std::invalid_argument(std::string(name) + ": expected a CPU or CUDA array");
+    if (first) {
+      place = Place{cuda, cuda ? int(a->device_id()) : 0};
+      first = false;
+    } else if (cuda != place.cuda || (cuda && int(a->device_id()) != place.device)) {
+      throw std::invalid_argument(std::string(name) +
+                                  ": expected every array on the same device as the first");
+    }
+  }
+#if !defined(DCN_WITH_CUDA)
+  if (place.cuda)
+    throw std::invalid_argument(
+        "dcn: this build has no CUDA kernels (dcn_torch.build_info() lists the backends)");
+#endif
+  return place;
+}
+
+#if defined(DCN_WITH_CUDA)
+dcn::cuda::Launch launch_of(const Place& p, uintptr_t stream) {
+  return dcn::cuda::Launch{p.device, reinterpret_cast<void*>(stream)};
+}
+#endif
+
+template <typename T>
+const Array* opt(const std::optional<T>& a) {
+  return a ? &*a : nullptr;
 }
 
 // Geometry of a kernel call: the sampling does not depend on the weight
@@ -135,18 +187,33 @@ nb::dict geometry(std::vector<int64_t> input, std::vector<int64_t> weight,
 }
 
 void im2col(const Array& input, const Array& offset, std::optional<Array> mask, Array columns,
-            Pair kernel, Pair stride, Pair padding, Pair dilation) {
+            Pair kernel, Pair stride, Pair padding, Pair dilation, uintptr_t stream) {
+  const Place place = on_device({{"input", &input}, {"offset", &offset}, {"mask", opt(mask)},
+                                 {"columns", &columns}});
   const dcn::DType dt = dtype_of(input);
   const dcn::Geometry g = kernel_geometry(input, dt, offset, mask, kernel, stride, padding, dilation);
   const dcn::ColumnStrides cs = column_strides(columns, g, dt, "columns");
   const dcn::Strides4 ms = mask ? strides4(*mask) : dcn::Strides4{};
   nb::gil_scoped_release release;
+#if defined(DCN_WITH_CUDA)
+  if (place.cuda) {
+    dcn::cuda::im2col(dt, g, input.data(), strides4(input), offset.data(), strides4(offset),
+                      mask ? mask->data() : nullptr, ms, columns.data(), cs,
+                      launch_of(place, stream));
+    return;
+  }
+#endif
+  (void)stream;
   dcn::cpu::im2col(dt, g, input.data(), strides4(input), offset.data(), strides4(offset),
                    mask ? mask->data() : nullptr, ms, columns.data(), cs);
 }
 
 void col2im(const Array& grad_columns, const Array& offset, std::optional<Array> mask,
-            Array grad_input, Pair kernel, Pair stride, Pair padding, Pair dilation) {
+            Array grad_input, Pair kernel, Pair stride, Pair padding, Pair dilation,
+            uintptr_t stream, std::optional<Array> workspace) {
+  const Place place = on_device({{"grad_columns", &grad_columns}, {"offset", &offset},
+                                 {"mask", opt(mask)}, {"grad_input", &grad_input},
+                                 {"workspace", opt(workspace)}});
   const dcn::DType dt = dtype_of(grad_columns);
   const dcn::Geometry g =
       kernel_geometry(grad_input, dt, offset, mask, kernel, stride, padding, dilation);
@@ -157,6 +224,22 @@ void col2im(const Array& grad_columns, const Array& offset, std::optional<Array>
                                 dcn::dtype_name(acc));
   const dcn::Strides4 ms = mask ? strides4(*mask) : dcn::Strides4{};
   nb::gil_scoped_release release;
+#if defined(DCN_WITH_CUDA)
+  if (place.cuda) {
+    if (workspace) {
+      dcn::cuda::col2im_deterministic(
+          dt, g, grad_columns.data(), cs, offset.data(), strides4(offset),
+          mask ? mask->data() : nullptr, ms, grad_input.data(), strides4(grad_input),
+          workspace->data(), workspace->nbytes(), launch_of(place, stream));
+    } else {
+      dcn::cuda::col2im(dt, g, grad_columns.data(), cs, offset.data(), strides4(offset),
+                        mask ? mask->data() : nullptr, ms, grad_input.data(),
+                        strides4(grad_input), launch_of(place, stream));
+    }
+    return;
+  }
+#endif
+  (void)stream;  // the CPU kernel is deterministic: no workspace needed
   dcn::cpu::col2im(dt, g, grad_columns.data(), cs, offset.data(), strides4(offset),
                    mask ? mask->data() : nullptr, ms, grad_input.data(), strides4(grad_input));
 }
@@ -164,7 +247,11 @@ void col2im(const Array& grad_columns, const Array& offset, std::optional<Array>
 void coord_grad(const Array& grad_columns, const Array& input, const Array& offset,
                 std::optional<Array> mask, Array grad_offset, std::optional<Array> grad_mask,
                 std::optional<Array> columns_out, Pair kernel, Pair stride, Pair padding,
-                Pair dilation) {
+                Pair dilation, uintptr_t stream) {
+  const Place place = on_device({{"grad_columns", &grad_columns}, {"input", &input},
+                                 {"offset", &offset}, {"mask", opt(mask)},
+                                 {"grad_offset", &grad_offset}, {"grad_mask", opt(grad_mask)},
+                                 {"columns_out", opt(columns_out)}});
   const dcn::DType dt = dtype_of(input);
   const dcn::Geometry g = kernel_geometry(input, dt, offset, mask, kernel, stride, padding, dilation);
   const dcn::ColumnStrides cs = column_strides(grad_columns, g, dt, "grad_columns");
@@ -184,6 +271,17 @@ void coord_grad(const Array& grad_columns, const Array& input, const Array& offs
     gms = strides4(*grad_mask);
   }
   nb::gil_scoped_release release;
+#if defined(DCN_WITH_CUDA)
+  if (place.cuda) {
+    dcn::cuda::coord_grad(dt, g, grad_columns.data(), cs, input.data(), strides4(input),
+                          offset.data(), strides4(offset), mask ? mask->data() : nullptr, ms,
+                          grad_offset.data(), strides4(grad_offset),
+                          grad_mask ? grad_mask->data() : nullptr, gms,
+                          columns_out ? columns_out->data() : nullptr, launch_of(place, stream));
+    return;
+  }
+#endif
+  (void)stream;
   dcn::cpu::coord_grad(dt, g, grad_columns.data(), cs, input.data(), strides4(input),
                        offset.data(), strides4(offset), mask ? mask->data() : nullptr, ms,
                        grad_offset.data(), strides4(grad_offset),
@@ -191,25 +289,71 @@ void coord_grad(const Array& grad_columns, const Array& input, const Array& offs
                        columns_out ? columns_out->data() : nullptr);
 }
 
+// Bytes of device scratch the deterministic CUDA col2im needs for this call
+// (0 on a build without CUDA: the CPU kernel needs none).
+size_t col2im_workspace_size(const Array& grad_input, const Array& offset,
+                             std::optional<Array> mask, Pair kernel, Pair stride, Pair padding,
+                             Pair dilation) {
+  const dcn::DType dt = dtype_of(offset);
+  const dcn::Geometry g =
+      kernel_geometry(grad_input, dt, offset, mask, kernel, stride, padding, dilation);
+#if defined(DCN_WITH_CUDA)
+  const Place place = on_device({{"grad_input", &grad_input}, {"offset", &offset},
+                                 {"mask", opt(mask)}});
+  if (place.cuda) return dcn::cuda::col2im_deterministic_workspace(dt, g, place.device);
+#endif
+  return 0;
+}
+
+// {"version": "13.0", "architectures": [80, 86, ...]} or None without CUDA.
+nb::object cuda_info() {
+#if defined(DCN_WITH_CUDA)
+  nb::dict d;
+  const int v = dcn::cuda::runtime_version();
+  d["version"] = std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10);
+  nb::list archs;
+  std::string s = dcn::cuda::architectures();
+  size_t at = 0;
+  while (at < s.size()) {
+    size_t end = s.find(';', at);
+    if (end == std::string::npos) end = s.size();
+    if (end > at) archs.append(std::stoi(s.substr(at, end - at)));
+    at = end + 1;
+  }
+  d["architectures"] = archs;
+  return d;
+#else
+  return nb::none();
+#endif
+}
+
 }  // namespace
 
 NB_MODULE(_C, m) {
-  m.doc() = "dcn core kernels (CPU) over DLPack arrays";
+  m.doc() = "dcn core kernels (CPU, and CUDA when built with it) over DLPack arrays";
   m.def("geometry", &geometry, nb::arg("input"), nb::arg("weight"), nb::arg("offset"),
         nb::arg("mask").none(), nb::arg("bias").none(), nb::arg("dtypes"), nb::arg("stride"),
         nb::arg("padding"), nb::arg("dilation"), nb::arg("layout") = "NCHW",
         "Validate shapes/dtypes/parameters; return the inferred geometry or raise ValueError.");
   m.def("im2col", &im2col, nb::arg("input").noconvert(), nb::arg("offset").noconvert(),
         nb::arg("mask").noconvert().none(), nb::arg("columns").noconvert(), nb::arg("kernel"),
-        nb::arg("stride"), nb::arg("padding"), nb::arg("dilation"));
+        nb::arg("stride"), nb::arg("padding"), nb::arg("dilation"), nb::arg("stream") = 0);
   m.def("col2im", &col2im, nb::arg("grad_columns").noconvert(), nb::arg("offset").noconvert(),
         nb::arg("mask").noconvert().none(), nb::arg("grad_input").noconvert(), nb::arg("kernel"),
+        nb::arg("stride"), nb::arg("padding"), nb::arg("dilation"), nb::arg("stream") = 0,
+        nb::arg("workspace").noconvert().none() = nb::none(),
+        "grad_input = adjoint of im2col. On CUDA: atomic adds, or, given a workspace of "
+        "col2im_workspace_size() bytes, the deterministic kernel.");
+  m.def("col2im_workspace_size", &col2im_workspace_size, nb::arg("grad_input").noconvert(),
+        nb::arg("offset").noconvert(), nb::arg("mask").noconvert().none(), nb::arg("kernel"),
         nb::arg("stride"), nb::arg("padding"), nb::arg("dilation"));
+  m.def("cuda_info", &cuda_info);
   m.def("coord_grad", &coord_grad, nb::arg("grad_columns").noconvert(),
         nb::arg("input").noconvert(), nb::arg("offset").noconvert(),
         nb::arg("mask").noconvert().none(), nb::arg("grad_offset").noconvert(),
         nb::arg("grad_mask").noconvert().none(), nb::arg("columns_out").noconvert().none(),
-        nb::arg("kernel"), nb::arg("stride"), nb::arg("padding"), nb::arg("dilation"));
+        nb::arg("kernel"), nb::arg("stride"), nb::arg("padding"), nb::arg("dilation"),
+        nb::arg("stream") = 0);
   m.def("set_num_threads", &dcn::cpu::set_num_threads, nb::arg("n"));
   m.def("get_num_threads", &dcn::cpu::get_num_threads);
 }
