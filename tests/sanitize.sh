@@ -35,6 +35,7 @@ pip install $ISO --no-deps --quiet --target "$PREFIX" \
   -C build-dir="$BUILD" \
   -C cmake.build-type=RelWithDebInfo \
   -C cmake.define.DCN_SANITIZE=ON \
+  -C cmake.define.DCN_CUDA=OFF \
   -C "cmake.define.CMAKE_CXX_FLAGS=$EXTRA" \
   .
 

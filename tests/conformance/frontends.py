@@ -86,10 +86,12 @@ def _import_error(module: str) -> Optional[str]:
 
 
 class TorchFrontend(Frontend):
-    """``dcn_torch.deform_conv2d`` (NCHW, torchvision's signature), on CPU.
+    """``dcn_torch.deform_conv2d`` (NCHW, torchvision's signature), on
+    ``device`` ("cpu", or "cuda": unavailable without a GPU and a CUDA build).
 
-    ``workspace_bytes`` / ``num_threads``, when given, are applied around each
-    call (e.g. a 1-byte workspace forces one image per batch chunk).
+    ``workspace_bytes`` / ``num_threads`` / ``deterministic``, when given, are
+    applied around each call (e.g. a 1-byte workspace forces one image per
+    batch chunk; deterministic=True the sort-based CUDA input gradient).
     With ``case.non_contiguous`` the tensors are strided views: input
     channels-last, offset a channel slice, mask H/W-transposed, weight
     permuted, bias a stride-2 slice, grad_out H/W-transposed.
@@ -103,14 +105,28 @@ class TorchFrontend(Frontend):
         dtypes: Sequence[str] = DTYPES,
         workspace_bytes: Optional[int] = None,
         num_threads: Optional[int] = None,
+        device: str = "cpu",
+        deterministic: Optional[bool] = None,
     ):
         self.name = name
         self.dtypes = tuple(dtypes)
         self.workspace_bytes = workspace_bytes
         self.num_threads = num_threads
+        self.device = device
+        self.deterministic = deterministic
 
     def unavailable_reason(self) -> Optional[str]:
-        return _import_error("torch") or _import_error("dcn_torch")
+        reason = _import_error("torch") or _import_error("dcn_torch")
+        if reason is None and self.device != "cpu":
+            import torch
+
+            import dcn_torch
+
+            if not torch.cuda.is_available():
+                reason = f"no CUDA device (torch {torch.__version__})"
+            elif "cuda" not in dcn_torch.build_info()["backends"]:
+                reason = "dcn_torch was built without CUDA kernels"
+        return reason
 
     # -- conversions ------------------------------------------------------
     def _dtype(self, dtype: str):
@@ -126,13 +142,14 @@ class TorchFrontend(Frontend):
         if a is None:
             return None
         t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)).to(self._dtype(dtype))
+        t = t.to(self.device)
         if not strided:
             return t.contiguous()
         if role == "x":
             return t.contiguous(memory_format=torch.channels_last)
         if role == "offset":  # every other channel of a twice-as-wide buffer
             n, c, h, w = t.shape
-            base = torch.full((n, 2 * c, h, w), float("nan"), dtype=t.dtype)
+            base = torch.full((n, 2 * c, h, w), float("nan"), dtype=t.dtype, device=t.device)
             base[:, ::2] = t
             return base[:, ::2]
         if role in ("mask", "grad_out"):  # H and W swapped in memory
@@ -140,7 +157,7 @@ class TorchFrontend(Frontend):
         if role == "weight":  # stored (kh, kw, Cpg, O)
             return t.permute(2, 3, 1, 0).contiguous().permute(3, 2, 0, 1)
         if role == "bias":
-            base = torch.full((2 * t.shape[0],), float("nan"), dtype=t.dtype)
+            base = torch.full((2 * t.shape[0],), float("nan"), dtype=t.dtype, device=t.device)
             base[::2] = t
             return base[::2]
         raise ValueError(role)
@@ -149,7 +166,7 @@ class TorchFrontend(Frontend):
     def _numpy(t) -> np.ndarray:
         import torch
 
-        return t.detach().to(torch.float64).contiguous().numpy()
+        return t.detach().cpu().to(torch.float64).contiguous().numpy()
 
     @contextlib.contextmanager
     def _settings(self):
@@ -163,10 +180,14 @@ class TorchFrontend(Frontend):
             dcn_torch.set_num_threads(self.num_threads)
         if self.workspace_bytes is not None:
             dcn_torch.set_workspace_limit(self.workspace_bytes)
+        old_det = dcn_torch._config._deterministic
+        if self.deterministic is not None:
+            dcn_torch.set_deterministic(self.deterministic)
         try:
             yield
         finally:
             dcn_torch.set_workspace_limit(old_ws)
+            dcn_torch.set_deterministic(old_det)
             if old_threads is not None:
                 dcn_torch.set_num_threads(old_threads)
 
@@ -396,6 +417,11 @@ ALL_FRONTENDS = [
     # same frontend, one image per batch chunk and one thread: the chunk
     # loop and the single-threaded kernel paths, checked on the whole table
     TorchFrontend(name="torch_ws1_t1", dtypes=("float64", "float32"), workspace_bytes=1, num_threads=1),
+    # CUDA tensors (skipped, with the reason, without a GPU): the default
+    # atomic input gradient, and the deterministic one with one image per chunk
+    TorchFrontend(name="torch_cuda", device="cuda"),
+    TorchFrontend(name="torch_cuda_det_ws1", dtypes=("float64", "float32", "bfloat16"),
+                  device="cuda", deterministic=True, workspace_bytes=1),
     MLXFrontend(),
     # the same calls under mx.compile (forward and mx.grad)
     MLXFrontend(name="mlx_compiled", dtypes=("float32", "bfloat16"), compile=True),
