@@ -58,10 +58,7 @@ def deform_conv2d(
                          (weight, "weight", False), (mask, "mask", True), (bias, "bias", True)):
         _check_tensor(t, name, opt)
     stride_, padding_, dilation_ = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
-    for t, name in ((offset, "offset"), (weight, "weight"), (mask, "mask"), (bias, "bias")):
-        if t is not None and t.device != input.device:
-            raise ValueError(
-                f"{name}: expected a tensor on {input.device} (the input's device), got {t.device}")
+    ops.check_devices(input, offset=offset, weight=weight, mask=mask, bias=bias)
     # Shapes, dtypes and parameters are validated by the core inside the op
     # (and by its fake kernel under torch.compile); the ONNX path never runs
     # the op, so it validates here.

@@ -37,9 +37,19 @@ def dtype_name(t: Optional[Tensor]) -> str:
     return "float32" if t is None else _DTYPE_NAMES.get(t.dtype, "other")
 
 
+def check_devices(input, **others) -> None:
+    """Every tensor on the input's device, or ValueError naming the one that
+    is not (before any kernel or GEMM sees a mix)."""
+    for name, t in others.items():
+        if t is not None and t.device != input.device:
+            raise ValueError(
+                f"{name}: expected a tensor on {input.device} (the input's device), got {t.device}")
+
+
 def check_args(input, weight, offset, mask, bias, stride, padding, dilation) -> dict:
     """Validate everything in the core (one place for every frontend); raise
     ValueError naming the argument, what it got and what was expected."""
+    check_devices(input, offset=offset, weight=weight, mask=mask, bias=bias)
     shapes = [None if t is None else list(t.shape) for t in (input, weight, offset, mask, bias)]
     dtypes = [dtype_name(t) for t in (input, weight, offset, mask, bias)]
     return _C.geometry(shapes[0], shapes[1], shapes[2], shapes[3], shapes[4], dtypes,
@@ -124,6 +134,7 @@ def _forward(input, weight, offset, mask, bias, stride, padding, dilation):
 # ------------------------------------------------------------------- backward
 def _backward(grad, input, weight, offset, mask, bias, stride, padding, dilation, output_mask):
     geo = check_args(input, weight, offset, mask, bias, stride, padding, dilation)
+    check_devices(input, grad=grad)
     _prepare(input)
     need_in, need_w, need_off, need_mask, need_b = output_mask
     need_mask = need_mask and mask is not None
