@@ -7,9 +7,12 @@
 * :mod:`dcn_mlx.port` -- load torch weights, move arrays between NCHW and NHWC.
 
 The sampling is an MLX primitive (``DeformSample``, with a ``vjp`` building
-``DeformSampleGrad``) evaluated on the CPU by the dcn core; the weight product
-is ``mx.matmul``. Works with ``mx.grad``, ``nn.value_and_grad``, ``mx.vmap``
-and ``mx.compile`` (also ``shapeless=True``). Metal kernels: not yet.
+``DeformSampleGrad``) evaluated by the dcn core's kernels: on the CPU, and on
+the Apple GPU (Metal) in macOS builds (float32, float16, bfloat16); the
+weight product is ``mx.matmul``. Works with ``mx.grad``,
+``nn.value_and_grad``, ``mx.vmap`` and ``mx.compile`` (also
+``shapeless=True``). :func:`set_deterministic` makes the GPU input gradient
+bitwise reproducible (the CPU always is).
 """
 import mlx.core  # noqa: F401  (registers mx.array with nanobind before _C loads)
 
@@ -48,6 +51,29 @@ def get_num_threads() -> int:
     return _C.get_num_threads()
 
 
+def set_deterministic(deterministic: bool) -> None:
+    """Compute the input gradient on the GPU with the deterministic kernel.
+
+    By default the GPU adds the input gradient with atomic float adds: fast,
+    but their order, hence the last bits of the result, varies from run to
+    run. With ``True`` one thread owns each channel plane and adds in a fixed
+    order, so the gradient is the same bits every run (and slower; the
+    offset, mask, weight and bias gradients are deterministic either way).
+    The CPU kernels are always deterministic.
+
+    Read when a gradient graph is built (``mx.grad``, ``mx.vjp``): graphs built
+    afterwards use the setting; a function already traced by ``mx.compile``
+    keeps the one it was traced with.
+    """
+    if not isinstance(deterministic, bool):
+        raise TypeError(f"set_deterministic: expected a bool, got {deterministic!r}")
+    _C.set_deterministic(deterministic)
+
+
+def get_deterministic() -> bool:
+    return _C.get_deterministic()
+
+
 __all__ = [
     "deform_conv2d",
     "DeformConv2d",
@@ -58,4 +84,6 @@ __all__ = [
     "nhwc_to_nchw",
     "set_num_threads",
     "get_num_threads",
+    "set_deterministic",
+    "get_deterministic",
 ]

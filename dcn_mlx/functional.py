@@ -1,9 +1,10 @@
 """``deform_conv2d`` for MLX (channels last, like ``mx.conv2d``).
 
 The deformable sampling is the ``DeformSample`` primitive (C++, the dcn core's
-CPU kernels, with a vjp that builds a ``DeformSampleGrad`` node); the weight
-product is ``mx.matmul`` in the graph, so MLX's own autodiff differentiates
-it and it runs on MLX's GEMM.
+CPU kernels or, on the GPU stream of a macOS build, its Metal kernels, with a
+vjp that builds a ``DeformSampleGrad`` node); the weight product is
+``mx.matmul`` in the graph, so MLX's own autodiff differentiates it and it
+runs on MLX's GEMM.
 """
 from __future__ import annotations
 
@@ -69,7 +70,9 @@ def deform_conv2d(
         stride, padding, dilation: an int or a pair.
         mask: ``(N, Ho, Wo, G*kh*kw)`` or None (channel ``g*kh*kw + p``).
         stream: the stream or device of the graph nodes (default: the
-            default stream). The sampling runs on the CPU only for now.
+            default stream). On the GPU (Metal, macOS builds): float32,
+            float16 and bfloat16, every buffer under 2^31 elements; float64
+            runs on the CPU only.
 
     ``groups = C / weight.shape[-1]`` and the offset group count
     ``G = offset.shape[-1] / (2*kh*kw)`` are inferred from the shapes.

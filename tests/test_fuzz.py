@@ -26,12 +26,12 @@ import numpy as np
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings, seed as hyp_seed  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from conformance.cases import DTYPES, Case, CaseArrays, GRAD_KEYS  # noqa: E402
+from conformance.cases import DTYPES, GRAD_KEYS, Case, CaseArrays  # noqa: E402
 from conformance.frontends import FRONTENDS  # noqa: E402
 from conformance.tolerances import assert_close  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import seed as hyp_seed
+from hypothesis import strategies as st  # noqa: E402
 from oracles import ort_available, ort_deform_conv2d  # noqa: E402
 
 MAX_EXAMPLES = int(os.environ.get("DCN_FUZZ_EXAMPLES", "100"))

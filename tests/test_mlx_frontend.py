@@ -1,8 +1,12 @@
 """dcn_mlx beyond the conformance table: MLX transformations (compile,
 shapeless compile, grad through a model, vmap, jvp), the layer, the torch
-weight port, the errors, the primitive's strided paths and the GPU refusal.
+weight port, the errors, the primitive's strided paths, the determinism
+switch, and the GPU (Metal) path against the CPU on the conformance cases.
 
-Skipped as a whole when mlx or dcn_mlx is not installed.
+Skipped as a whole when mlx or dcn_mlx is not installed. The GPU tests run
+where MLX has Metal (Apple silicon) and are reported as skipped elsewhere;
+everything else runs on the CPU (tests/conftest.py pins MLX's default
+device there).
 """
 from __future__ import annotations
 
@@ -457,14 +461,6 @@ def test_primitive_names_in_graph_export(tmp_path):
     assert "DeformSample" in text and "DeformSampleGrad" in text
 
 
-def test_gpu_stream_refused_with_clear_message():
-    if not mx.is_available(mx.gpu):
-        pytest.skip("no MLX GPU backend in this build (the error is raised by eval_gpu)")
-    a = _inputs(N=1, H=4, W=4, C=2, O=2)
-    with pytest.raises(RuntimeError, match="Metal kernels not built yet"):
-        mx.eval(dcn_mlx.deform_conv2d(a["input"], a["offset"], a["weight"], padding=1, stream=mx.gpu))
-
-
 def test_views_with_offsets_are_read_in_place():
     """Sliced / transposed views (nonzero data offsets, odd strides) give the
     same values and gradients as their contiguous copies."""
@@ -487,3 +483,180 @@ def test_explicit_cpu_stream():
     assert _max_diff(_call(a, padding=1, stream=mx.cpu), ref) == 0.0
     s = mx.new_stream(mx.cpu)
     assert _max_diff(_call(a, padding=1, stream=s), ref) == 0.0
+
+
+# ---------------------------------------------------------------------------
+# the determinism switch, and the GPU (Metal) path
+# ---------------------------------------------------------------------------
+
+
+def test_deterministic_switch_api_and_cpu_results():
+    assert dcn_mlx.get_deterministic() is False
+    a = _inputs(N=2, H=6, W=5, C=4, O=3, G=2)
+    gf = mx.grad(lambda x, o, m: mx.sum(_call({**a, "input": x, "offset": o, "mask": m}, padding=1) ** 2),
+                 argnums=(0, 1, 2))
+    default = gf(a["input"], a["offset"], a["mask"])
+    try:
+        dcn_mlx.set_deterministic(True)
+        assert dcn_mlx.get_deterministic() is True
+        # the CPU kernels are deterministic either way: same bits
+        for p, q in zip(gf(a["input"], a["offset"], a["mask"]), default):
+            assert _max_diff(p, q) == 0.0
+    finally:
+        dcn_mlx.set_deterministic(False)
+    with pytest.raises(TypeError, match="expected a bool"):
+        dcn_mlx.set_deterministic(1)
+
+
+HAS_METAL = mx.metal.is_available()
+needs_metal = pytest.mark.skipif(
+    not HAS_METAL, reason="no Metal GPU: dcn's GPU kernels run on Apple silicon only (MLX's Metal backend)")
+GPU_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _conformance():
+    try:
+        from conformance import cases, tolerances
+    except ImportError:  # pragma: no cover - depends on pytest's import mode
+        import sys
+        from pathlib import Path
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from conformance import cases, tolerances
+    return cases, tolerances
+
+
+_cases, _tolerances = _conformance()
+
+
+def _to_mlx(a, dtype, role, strided):
+    """A float64 NCHW array (exact in dtype) -> mx.array in dcn_mlx's layout;
+    strided: activations as NCHW memory viewed as NHWC (a non-contiguous view
+    the GPU path must copy, the CPU path reads in place)."""
+    if a is None:
+        return None
+    m = mx.array(np.ascontiguousarray(a, dtype=np.float32)).astype(getattr(mx, dtype))
+    if role == "bias":
+        return m
+    if role == "weight":  # (O, C/g, kh, kw) -> (O, kh, kw, C/g)
+        return mx.contiguous(mx.transpose(m, (0, 2, 3, 1)))
+    view = mx.transpose(m, (0, 2, 3, 1))
+    return view if strided else mx.contiguous(view)
+
+
+def _forward_and_grads(case, arrs, grad_out, dtype, device, strided):
+    """Output and all gradients of sum(out * grad_out) on `device`, as
+    float64 NHWC numpy arrays (inputs built on the CPU, computed on device)."""
+    data = dict(input=arrs.x, offset=arrs.offset, weight=arrs.weight, mask=arrs.mask, bias=arrs.bias)
+    with mx.stream(mx.cpu):
+        ins = {k: _to_mlx(a, dtype, k, strided) for k, a in data.items()}
+        g = _to_mlx(grad_out, dtype, "grad_out", strided)
+        mx.eval([v for v in ins.values() if v is not None], g)
+    keys = [k for k in ("input", "offset", "weight", "mask", "bias") if ins[k] is not None]
+
+    def fn(*args):
+        kw = dict(zip(keys, args))
+        return dcn_mlx.deform_conv2d(kw["input"], kw["offset"], kw["weight"], kw.get("bias"),
+                                     mask=kw.get("mask"), **case.conv_args)
+
+    with mx.stream(device):
+        out = fn(*(ins[k] for k in keys))
+        grads = mx.grad(lambda *a: mx.sum(fn(*a) * g), argnums=tuple(range(len(keys))))(
+            *(ins[k] for k in keys))
+        mx.eval(out, grads)
+    assert out.dtype == getattr(mx, dtype) and all(t.dtype == out.dtype for t in grads)
+    as_np = lambda t: np.array(t.astype(mx.float32), dtype=np.float64)  # noqa: E731
+    return as_np(out), {k: as_np(t) for k, t in zip(keys, grads)}
+
+
+@needs_metal
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+@pytest.mark.parametrize("case", _cases.CASES, ids=[c.name for c in _cases.CASES])
+def test_gpu_matches_cpu_on_conformance_cases(case, dtype):
+    """Forward and every gradient on the GPU against the CPU on the same
+    inputs, within the conformance tolerance of the dtype."""
+    arrs = case.make(dtype)
+    if not arrs.all_finite():
+        pytest.skip(f"{case.name}: inputs overflow {dtype}")
+    grad_out = case.grad_out(dtype)
+    cpu_out, cpu_grads = _forward_and_grads(case, arrs, grad_out, dtype, mx.cpu, case.non_contiguous)
+    gpu_out, gpu_grads = _forward_and_grads(case, arrs, grad_out, dtype, mx.gpu, case.non_contiguous)
+    _tolerances.assert_close(gpu_out, cpu_out, dtype, f"{case.name} output (GPU vs CPU)")
+    assert gpu_grads.keys() == cpu_grads.keys()
+    for key in cpu_grads:
+        _tolerances.assert_close(gpu_grads[key], cpu_grads[key], dtype, f"{case.name} grad[{key}] (GPU vs CPU)")
+
+
+@needs_metal
+@pytest.mark.parametrize("dtype", GPU_DTYPES)
+def test_gpu_deterministic_switch_gives_identical_bits(dtype):
+    """set_deterministic(True): the GPU input gradient is the same bits run
+    after run (one thread per channel plane), and still matches the CPU."""
+    case = _cases.CASES_BY_NAME["large_tiled"]
+    arrs, grad_out = case.make(dtype), case.grad_out(dtype)
+    cpu_out, cpu_grads = _forward_and_grads(case, arrs, grad_out, dtype, mx.cpu, False)
+    try:
+        dcn_mlx.set_deterministic(True)
+        runs = [_forward_and_grads(case, arrs, grad_out, dtype, mx.gpu, False)[1] for _ in range(3)]
+    finally:
+        dcn_mlx.set_deterministic(False)
+    for run in runs[1:]:
+        for key in ("input", "offset", "mask"):  # the sampling gradients, all deterministic now
+            np.testing.assert_array_equal(run[key], runs[0][key], err_msg=key)
+    for key in cpu_grads:
+        _tolerances.assert_close(runs[0][key], cpu_grads[key], dtype, f"grad[{key}] deterministic GPU vs CPU")
+
+
+@needs_metal
+def test_gpu_primitive_layouts_and_transformations():
+    """The primitive on the GPU: strided cotangents, only some outputs,
+    vmap and shapeless compile, all against the CPU."""
+    a = _inputs(N=2, H=5, W=6, C=4, O=2, G=2, groups=2)
+    args = ((3, 3), (1, 1), (1, 1), (1, 1), 2)
+    gc = mx.random.normal((2, 2, 5, 6, 18))
+    swapped = mx.swapaxes(mx.contiguous(mx.swapaxes(gc, 2, 3)), 2, 3)
+    for cot in (gc, swapped, mx.broadcast_to(gc[:, :1], gc.shape)):
+        ref = _C.deform_sample_grad(cot, a["input"], a["offset"], a["mask"], *args, stream=mx.cpu)
+        got = _C.deform_sample_grad(cot, a["input"], a["offset"], a["mask"], *args, stream=mx.gpu)
+        for p, q in zip(got, ref):
+            assert p.dtype == q.dtype and _max_diff(p, q) <= 1e-5 * float(mx.max(mx.abs(q)))
+    got = _C.deform_sample_grad(gc, a["input"], a["offset"], None, *args, need_input=False, stream=mx.gpu)
+    assert len(got) == 1 and got[0].shape == a["offset"].shape
+    cols = _C.deform_sample(a["input"], a["offset"], a["mask"], *args, stream=mx.gpu)
+    ref = _C.deform_sample(a["input"], a["offset"], a["mask"], *args, stream=mx.cpu)
+    assert cols.shape == ref.shape and _max_diff(cols, ref) <= 1e-6 * float(mx.max(mx.abs(ref)))
+
+    def loss(x, off, w, b, m):
+        return mx.sum(dcn_mlx.deform_conv2d(x, off, w, b, padding=1, mask=m) ** 2)
+
+    g = mx.grad(loss, argnums=(0, 1, 2, 3, 4))
+    vals = (a["input"], a["offset"], a["weight"], a["bias"], a["mask"])
+    with mx.stream(mx.cpu):
+        want = g(*vals)
+    with mx.stream(mx.gpu):
+        compiled = mx.compile(g, shapeless=True)(*vals)
+        vmapped = mx.vmap(g, in_axes=(0, 0, None, None, 0))(
+            *(v[None] if i in (0, 1, 4) else v for i, v in enumerate(vals)))
+    for p, q, r in zip(compiled, vmapped, want):
+        scale = float(mx.max(mx.abs(r)))
+        assert _max_diff(p, r) <= 1e-5 * scale and _max_diff(q[0] if q.ndim > r.ndim else q, r) <= 1e-5 * scale
+
+
+@needs_metal
+def test_gpu_refuses_what_its_kernels_cannot_do():
+    a = _inputs(N=1, H=4, W=4, C=2, O=2, dtype=mx.float64)
+    with pytest.raises(ValueError, match="float64"):
+        dcn_mlx.deform_conv2d(a["input"], a["offset"], a["weight"], padding=1, stream=mx.gpu)
+    # 32-bit indices: refused while the graph is built, nothing allocated
+    x = mx.zeros((1, 1024, 1024, 64))
+    off = mx.zeros((1, 1024, 1024, 2 * 49))
+    with pytest.raises(ValueError, match="32-bit indices"):
+        dcn_mlx.deform_conv2d(x, off, mx.zeros((1, 7, 7, 64)), padding=3, stream=mx.gpu)
+
+
+def test_gpu_stream_without_metal_kernels_is_refused_clearly():
+    if not mx.is_available(mx.gpu) or _C.metal_kernels != "none":
+        pytest.skip("needs an MLX GPU backend and a dcn_mlx built without Metal kernels")
+    a = _inputs(N=1, H=4, W=4, C=2, O=2)
+    with pytest.raises(RuntimeError, match="no GPU kernels"):
+        mx.eval(dcn_mlx.deform_conv2d(a["input"], a["offset"], a["weight"], padding=1, stream=mx.gpu))

@@ -114,4 +114,18 @@ convolution with an (O, kh, kw, C/groups) weight.)");
   m.def("set_num_threads", &dcn::cpu::set_num_threads, "n"_a,
         "Threads of the dcn CPU kernels (0: hardware concurrency).");
   m.def("get_num_threads", &dcn::cpu::get_num_threads);
+
+  m.def("set_deterministic", &dcn_mlx::set_deterministic, "deterministic"_a,
+        "Gradient graphs built from now on compute grad_input on the GPU with the "
+        "deterministic kernel (bitwise reproducible) instead of atomic adds.");
+  m.def("get_deterministic", &dcn_mlx::deterministic);
+
+  // How this build ships its GPU kernels (cmake/dcn_metal.cmake).
+#if defined(DCN_METAL_EMBEDDED_SOURCE)
+  m.attr("metal_kernels") = "source";  // compiled by MLX at first use
+#elif defined(DCN_MLX_METAL)
+  m.attr("metal_kernels") = "metallib";  // dcn_kernels.metallib beside this module
+#else
+  m.attr("metal_kernels") = "none";
+#endif
 }

@@ -1,7 +1,9 @@
 // DeformSample / DeformSampleGrad: graph construction, autodiff, vmap and the
-// CPU evaluation through MLX's command encoder. See primitives.h.
+// CPU evaluation through MLX's command encoder; the GPU evaluation is in
+// metal_eval.cpp. See primitives.h.
 #include "primitives.h"
 
+#include <atomic>
 #include <cstring>
 #include <memory>
 #include <sstream>
@@ -14,6 +16,8 @@
 
 #include "dcn/cpu.h"
 #include "dcn/storage.h"
+#include "metal_contract.h"
+#include "metal_eval.h"
 
 namespace dcn_mlx {
 namespace {
@@ -85,11 +89,68 @@ std::optional<mx::array> mask_of(const std::vector<mx::array>& inputs, size_t at
   return std::nullopt;
 }
 
+#if !defined(DCN_MLX_METAL)
 [[noreturn]] void no_gpu(const char* what) {
   throw std::runtime_error(
-      std::string("dcn: Metal kernels not built yet: ") + what +
-      " has no GPU implementation. Run it on the CPU: pass stream=mx.cpu, or "
+      std::string("dcn: this build of dcn_mlx has no GPU kernels (the Metal kernels are built on "
+                  "macOS only): ") +
+      what +
+      " has no GPU implementation here. Run it on the CPU: pass stream=mx.cpu, or "
       "mx.set_default_device(mx.cpu).");
+}
+#endif
+
+std::atomic<bool> g_deterministic{false};
+
+// On a GPU stream: refuse what the Metal kernels cannot do while the graph
+// is built (a clear error at the call, not at mx.eval).
+void check_gpu_call(const dcn::Geometry& g, mx::Dtype dtype, mx::Stream s) {
+  if (!metal_contract::on_gpu(s)) return;
+  metal_contract::check_dtype(dtype);
+  metal_contract::check_index_range(g);
+}
+
+// The inputs of a sampling node as its stream's kernels read them: as given
+// on the CPU (the core is stride-aware), dense NHWC for the Metal kernels.
+std::vector<mx::array> sample_inputs(const mx::array& x, const mx::array& offset,
+                                     const std::optional<mx::array>& mask, mx::Stream s) {
+  std::vector<mx::array> in{x, offset};
+  if (mask) in.push_back(*mask);
+  if (metal_contract::on_gpu(s))
+    for (auto& a : in) a = metal_contract::dense(a, s);
+  return in;
+}
+
+// The DeformSampleGrad node itself (its outputs as evaluated). On a GPU
+// stream grad_columns goes in in the kernels' order and grad_x comes out in
+// float32, the kernels' accumulation type; deform_sample_grad casts it.
+std::vector<mx::array> sample_grad_node(const mx::array& grad_columns, const mx::array& x,
+                                        const mx::array& offset,
+                                        const std::optional<mx::array>& mask,
+                                        const SampleParams& p, bool need_input,
+                                        bool need_coords, bool deterministic, mx::Stream s) {
+  const bool gpu = metal_contract::on_gpu(s);
+  std::vector<mx::Shape> shapes;
+  std::vector<mx::Dtype> dtypes;
+  if (need_input) {
+    shapes.push_back(x.shape());
+    dtypes.push_back(gpu ? mx::float32 : x.dtype());
+  }
+  if (need_coords) {
+    shapes.push_back(offset.shape());
+    dtypes.push_back(x.dtype());
+    if (mask) {
+      shapes.push_back(mask->shape());
+      dtypes.push_back(x.dtype());
+    }
+  }
+  std::vector<mx::array> inputs{gpu ? metal_contract::kernel_columns(grad_columns, s)
+                                    : grad_columns};
+  for (auto& a : sample_inputs(x, offset, mask, s)) inputs.push_back(a);
+  return mx::array::make_arrays(
+      std::move(shapes), dtypes,
+      std::make_shared<DeformSampleGrad>(s, p, need_input, need_coords, deterministic),
+      std::move(inputs));
 }
 
 // The vmapped axis of every input moved next to (before) its batch axis,
@@ -189,15 +250,18 @@ mx::Shape columns_shape(const mx::Shape& xs, const SampleParams& p) {
   return mx::Shape{int(p.groups), xs[0], int(ho), int(wo), int(kcg)};
 }
 
+void set_deterministic(bool deterministic) { g_deterministic = deterministic; }
+bool deterministic() { return g_deterministic; }
+
 // ---------------------------------------------------------------- builders
 mx::array deform_sample(const mx::array& x, const mx::array& offset,
                         const std::optional<mx::array>& mask, const SampleParams& p,
                         mx::StreamOrDevice s) {
-  sample_geometry(x, offset, mask, p);
-  std::vector<mx::array> inputs{x, offset};
-  if (mask) inputs.push_back(*mask);
+  const mx::Stream stream = mx::to_stream(s);
+  check_gpu_call(sample_geometry(x, offset, mask, p), x.dtype(), stream);
   return mx::array(columns_shape(x.shape(), p), x.dtype(),
-                   std::make_shared<DeformSample>(mx::to_stream(s), p), std::move(inputs));
+                   std::make_shared<DeformSample>(stream, p),
+                   sample_inputs(x, offset, mask, stream));
 }
 
 std::vector<mx::array> deform_sample_grad(const mx::array& grad_columns, const mx::array& x,
@@ -205,7 +269,8 @@ std::vector<mx::array> deform_sample_grad(const mx::array& grad_columns, const m
                                           const std::optional<mx::array>& mask,
                                           const SampleParams& p, bool need_input,
                                           bool need_coords, mx::StreamOrDevice s) {
-  sample_geometry(x, offset, mask, p);
+  const mx::Stream stream = mx::to_stream(s);
+  const dcn::Geometry g = sample_geometry(x, offset, mask, p);
   const mx::Shape cols = columns_shape(x.shape(), p);
   if (grad_columns.shape() != cols || grad_columns.dtype() != x.dtype()) {
     std::ostringstream o;
@@ -215,26 +280,12 @@ std::vector<mx::array> deform_sample_grad(const mx::array& grad_columns, const m
     throw std::invalid_argument(o.str());
   }
   if (!need_input && !need_coords) return {};
-  std::vector<mx::Shape> shapes;
-  std::vector<mx::Dtype> dtypes;
-  if (need_input) {
-    shapes.push_back(x.shape());
-    dtypes.push_back(x.dtype());
-  }
-  if (need_coords) {
-    shapes.push_back(offset.shape());
-    dtypes.push_back(x.dtype());
-    if (mask) {
-      shapes.push_back(mask->shape());
-      dtypes.push_back(x.dtype());
-    }
-  }
-  std::vector<mx::array> inputs{grad_columns, x, offset};
-  if (mask) inputs.push_back(*mask);
-  return mx::array::make_arrays(
-      std::move(shapes), dtypes,
-      std::make_shared<DeformSampleGrad>(mx::to_stream(s), p, need_input, need_coords),
-      std::move(inputs));
+  check_gpu_call(g, x.dtype(), stream);
+  std::vector<mx::array> grads = sample_grad_node(grad_columns, x, offset, mask, p, need_input,
+                                                  need_coords, deterministic(), stream);
+  if (need_input && grads[0].dtype() != x.dtype())
+    grads[0] = mx::astype(grads[0], x.dtype(), stream);
+  return grads;
 }
 
 // ------------------------------------------------------------ DeformSample
@@ -262,7 +313,14 @@ void DeformSample::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out
   });
 }
 
-void DeformSample::eval_gpu(const std::vector<mx::array>&, mx::array&) { no_gpu("DeformSample"); }
+void DeformSample::eval_gpu([[maybe_unused]] const std::vector<mx::array>& inputs,
+                            [[maybe_unused]] mx::array& out) {
+#if defined(DCN_MLX_METAL)
+  gpu::eval_sample(stream(), params_, inputs, out);
+#else
+  no_gpu("DeformSample");
+#endif
+}
 
 std::vector<mx::array> DeformSample::vjp(const std::vector<mx::array>& primals,
                                          const std::vector<mx::array>& cotangents,
@@ -402,8 +460,14 @@ void DeformSampleGrad::eval_cpu(const std::vector<mx::array>& inputs,
   });
 }
 
-void DeformSampleGrad::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
+void DeformSampleGrad::eval_gpu([[maybe_unused]] const std::vector<mx::array>& inputs,
+                                [[maybe_unused]] std::vector<mx::array>& outputs) {
+#if defined(DCN_MLX_METAL)
+  gpu::eval_sample_grad(stream(), params_, need_input_, need_coords_, deterministic_, inputs,
+                        outputs);
+#else
   no_gpu("DeformSampleGrad");
+#endif
 }
 
 std::vector<mx::array> DeformSampleGrad::vjp(const std::vector<mx::array>&,
@@ -429,8 +493,11 @@ std::pair<std::vector<mx::array>, std::vector<int>> DeformSampleGrad::vmap(
   std::vector<int> batch_axis(inputs.size(), 0);
   batch_axis[0] = 1;  // grad_columns (groups, N, ...)
   std::vector<mx::array> in = merge_vmap_axis(inputs, axes, batch_axis, &B, &N, stream());
-  std::vector<mx::array> grads = deform_sample_grad(in[0], in[1], in[2], mask_of(in, 3), params_,
-                                                    need_input_, need_coords_, stream());
+  // The node itself, not deform_sample_grad: these outputs replace this
+  // node's own (grad_x in float32 on the GPU).
+  std::vector<mx::array> grads = sample_grad_node(in[0], in[1], in[2], mask_of(in, 3), params_,
+                                                  need_input_, need_coords_, deterministic_,
+                                                  stream());
   std::vector<int> out_axes;
   for (auto& gr : grads) {
     gr = mx::unflatten(gr, 0, {int(B), int(N)}, stream());
@@ -451,7 +518,8 @@ std::vector<mx::Shape> DeformSampleGrad::output_shapes(const std::vector<mx::arr
 
 bool DeformSampleGrad::is_equivalent(const mx::Primitive& other) const {
   const auto& o = static_cast<const DeformSampleGrad&>(other);
-  return params_ == o.params_ && need_input_ == o.need_input_ && need_coords_ == o.need_coords_;
+  return params_ == o.params_ && need_input_ == o.need_input_ && need_coords_ == o.need_coords_ &&
+         deterministic_ == o.deterministic_;
 }
 
 }  // namespace dcn_mlx

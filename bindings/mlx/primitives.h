@@ -13,8 +13,11 @@
 //            at kernel point k. columns[g] (..., K*Cg) @ weight[g*Og:(g+1)*Og]
 //            reshaped (Og, K*Cg) transposed is the convolution of group g: the
 //            (O, kh, kw, C/groups) weight of mx.conv2d needs no reordering.
-// Every input may be strided (views are read in place; the core is
-// stride-aware); outputs are allocated row-contiguous.
+// On the CPU every input may be strided (views are read in place; the core
+// is stride-aware) and outputs are row-contiguous. On a GPU stream the
+// builders hand the Metal kernels dense inputs and the columns are a strided
+// view over the kernels' order (metal_contract.h; evaluation in
+// metal_eval.cpp, macOS only).
 #pragma once
 
 #include <array>
@@ -69,12 +72,20 @@ mx::array deform_sample(const mx::array& x, const mx::array& offset,
 
 // The adjoint of deform_sample for a cotangent grad_columns (shape of the
 // columns). Returns, in this order, grad_x (when need_input) and grad_offset,
-// grad_mask (grad_mask only with a mask) (when need_coords).
+// grad_mask (grad_mask only with a mask) (when need_coords), all in x's
+// dtype. The node reads the determinism setting below when it is built.
 std::vector<mx::array> deform_sample_grad(const mx::array& grad_columns, const mx::array& x,
                                           const mx::array& offset,
                                           const std::optional<mx::array>& mask,
                                           const SampleParams& p, bool need_input,
                                           bool need_coords, mx::StreamOrDevice s = {});
+
+// Whether gradient graphs built from now on use the deterministic GPU
+// kernel for grad_x (bitwise reproducible, slower) instead of atomic adds.
+// The CPU kernels are always deterministic. A function already traced by
+// mx.compile keeps the setting it was traced with.
+void set_deterministic(bool deterministic);
+bool deterministic();
 
 class DeformSample : public mx::UnaryPrimitive {
  public:
@@ -112,14 +123,17 @@ class DeformSample : public mx::UnaryPrimitive {
 
 class DeformSampleGrad : public mx::Primitive {
  public:
-  DeformSampleGrad(mx::Stream stream, SampleParams params, bool need_input, bool need_coords)
+  DeformSampleGrad(mx::Stream stream, SampleParams params, bool need_input, bool need_coords,
+                   bool deterministic)
       : mx::Primitive(stream),
         params_(params),
         need_input_(need_input),
-        need_coords_(need_coords) {}
+        need_coords_(need_coords),
+        deterministic_(deterministic) {}
 
   // inputs: grad_columns, x, offset[, mask]
-  // outputs: [grad_x] [grad_offset[, grad_mask]]
+  // outputs: [grad_x] [grad_offset[, grad_mask]]; on a GPU stream grad_x is
+  // float32 (the kernels accumulate in it) and deform_sample_grad casts it.
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
   void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
 
@@ -142,6 +156,7 @@ class DeformSampleGrad : public mx::Primitive {
   SampleParams params_;
   bool need_input_;
   bool need_coords_;
+  bool deterministic_;  // GPU grad_x kernel (the CPU is deterministic anyway)
 };
 
 }  // namespace dcn_mlx
