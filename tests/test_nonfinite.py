@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conformance.cases import Case, CaseArrays
 from conformance.frontends import FRONTENDS
 from conformance.tolerances import assert_close
