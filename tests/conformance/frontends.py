@@ -272,10 +272,12 @@ class MLXFrontend(Frontend):
 
     _DT = ("float64", "float32", "float16", "bfloat16")
 
-    def __init__(self, name: str = "mlx", dtypes: Sequence[str] = DTYPES, compile: bool = False):
+    def __init__(self, name: str = "mlx", dtypes: Sequence[str] = DTYPES, compile: bool = False,
+                 device: str = "cpu"):
         self.name = name
         self.dtypes = tuple(dtypes)
         self.compile = compile
+        self.device = device  # "cpu", or "gpu": MLX's Metal stream (Apple silicon)
 
     def unavailable_reason(self) -> Optional[str]:
         reason = _import_error("mlx.core") or _import_error("dcn_mlx")
@@ -284,7 +286,18 @@ class MLXFrontend(Frontend):
 
             if not hasattr(dcn_mlx, "deform_conv2d"):
                 reason = "dcn_mlx has no deform_conv2d"
+        if reason is None and self.device == "gpu":
+            import mlx.core as mx
+
+            if not mx.metal.is_available():
+                reason = "no Metal GPU (MLX's GPU stream needs Apple silicon)"
         return reason
+
+    def _stream(self):
+        """The stream every call of this adapter runs on."""
+        import mlx.core as mx
+
+        return mx.stream(mx.gpu if self.device == "gpu" else mx.cpu)
 
     # -- conversions ------------------------------------------------------
     @staticmethod
@@ -371,6 +384,14 @@ class MLXFrontend(Frontend):
 
     # -- API --------------------------------------------------------------
     def forward(self, arrs: CaseArrays, case: Case, dtype: str) -> np.ndarray:
+        with self._stream():
+            return self._forward(arrs, case, dtype)
+
+    def grads(self, arrs: CaseArrays, case: Case, dtype: str, grad_out: np.ndarray) -> Dict[str, np.ndarray]:
+        with self._stream():
+            return self._grads(arrs, case, dtype, grad_out)
+
+    def _forward(self, arrs: CaseArrays, case: Case, dtype: str) -> np.ndarray:
         import mlx.core as mx
 
         ins = self._inputs(arrs, case, dtype)
@@ -383,7 +404,7 @@ class MLXFrontend(Frontend):
         self._check(out, dtype, (N,) + case.out_size + (O,), "output")
         return self._numpy(out, "output")
 
-    def grads(self, arrs: CaseArrays, case: Case, dtype: str, grad_out: np.ndarray) -> Dict[str, np.ndarray]:
+    def _grads(self, arrs: CaseArrays, case: Case, dtype: str, grad_out: np.ndarray) -> Dict[str, np.ndarray]:
         import mlx.core as mx
 
         ins = self._inputs(arrs, case, dtype)
@@ -425,6 +446,9 @@ ALL_FRONTENDS = [
     MLXFrontend(),
     # the same calls under mx.compile (forward and mx.grad)
     MLXFrontend(name="mlx_compiled", dtypes=("float32", "bfloat16"), compile=True),
+    # the Metal kernels through eval_gpu (skipped, with the reason, off Apple
+    # silicon); MLX's GPU has no float64
+    MLXFrontend(name="mlx_gpu", dtypes=("float32", "float16", "bfloat16"), device="gpu"),
 ]
 
 FRONTENDS = [f for f in ALL_FRONTENDS if f.available()]
