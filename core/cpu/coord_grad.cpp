@@ -4,6 +4,9 @@
 // order, so results are deterministic for any thread count.
 #include <algorithm>
 
+#include <type_traits>
+
+#include "interior.h"
 #include "parallel.h"
 #include "plan.h"
 
@@ -21,6 +24,44 @@ struct GradEntry {
   A mask;
   A w[4], wy[4], wx[4];
 };
+
+// One sample, one channel: adds grad_column gv times d(value)/dy, d/dx and
+// the unmodulated value to ay, ax, am, and writes the forward's column to
+// *col_out when given. Interior samples interpolate along x, then y (the
+// derivatives fall out of the same differences); border samples go corner
+// by corner with torchvision's per-corner weights; outside samples add
+// nothing and have column 0.
+template <typename A, typename S>
+inline void coord_step(const GradEntry<A>& e, const S* plane, const CornerOffsets& co, A gv,
+                       A& ay, A& ax, A& am, S* col_out) {
+  if (e.valid == 0u) {
+    if (col_out) *col_out = store<S>(A(0));
+    return;
+  }
+  if (e.valid == 15u) {
+    const A v0 = A(load(plane[e.base + co.at[0]])), v1 = A(load(plane[e.base + co.at[1]]));
+    const A v2 = A(load(plane[e.base + co.at[2]])), v3 = A(load(plane[e.base + co.at[3]]));
+    const InteriorGrad<A> r = interior_value_and_grad(v0, v1, v2, v3, e.fy, e.fx);
+    ay += gv * r.dy;
+    ax += gv * r.dx;
+    am += gv * r.value;
+    if (col_out) *col_out = store<S>(weighted_sum4(e.wm[0], e.wm[1], e.wm[2], e.wm[3], v0, v1, v2, v3));
+    return;
+  }
+  A v[4];
+  for (int q = 0; q < 4; ++q) v[q] = (e.valid >> q & 1u) ? A(load(plane[e.base + co.at[q]])) : A(0);
+  ay += gv * weighted_sum4(e.wy[0], e.wy[1], e.wy[2], e.wy[3], v[0], v[1], v[2], v[3]);
+  ax += gv * weighted_sum4(e.wx[0], e.wx[1], e.wx[2], e.wx[3], v[0], v[1], v[2], v[3]);
+  am += gv * weighted_sum4(e.w[0], e.w[1], e.w[2], e.w[3], v[0], v[1], v[2], v[3]);
+  if (col_out) {
+    // The forward's column with im2col's exact arithmetic (valid corners,
+    // masked weights; 0 when every weight is 0).
+    A col = A(0);
+    for (int q = 0; q < 4; ++q)
+      if (e.valid >> q & 1u) col += e.wm[q] * v[q];
+    *col_out = store<S>(e.w[0] != A(0) || e.w[1] != A(0) || e.w[2] != A(0) || e.w[3] != A(0) ? col : A(0));
+  }
+}
 
 template <typename S>
 void coord_grad_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const S* input,
@@ -56,9 +97,46 @@ void coord_grad_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const
     const int64_t len = task.p1 - task.p0;
     const S* image = input + task.n * is.n + task.g * cpg * is.c;
     const int64_t col_at = task.n * cs.n + task.k * cs.k + task.p0 * cs.p;
+    bool fast = false;
+    if constexpr (std::is_same_v<S, float>) {
+      fast = interior_eligible(geo, is, cs);
+      if (fast) {
+        // float32: interior pixels through the vector loop, one channel at a
+        // time over the whole tile; the others (listed in ip.border) through
+        // the scalar step, with their sums kept in acc_*_border.
+        thread_local InteriorPlan ip;
+        ip.nborder = 0;
+        for (int64_t i = 0; i < len; ++i) {
+          const GradEntry<A>& e = plan[i];
+          interior_set(ip, i, e.valid == 15u, e.base, e.wm, e.fy, e.fx);
+        }
+        A acc_y_border[kTile], acc_x_border[kTile], acc_m_border[kTile];
+        for (int32_t j = 0; j < ip.nborder; ++j) {
+          const int32_t i = ip.border[j];
+          acc_y_border[i] = acc_x_border[i] = acc_m_border[i] = A(0);
+        }
+        for (int64_t cg = 0; cg < cpg; ++cg) {
+          const S* plane = image + cg * is.c;
+          const int64_t col = col_at + cs.channel(task.g * cpg + cg);
+          S* out = cols_out ? cols_out + col : nullptr;
+          interior_coord_f32(ip, len, plane, is.y, gcol + col, acc_y, acc_x, acc_m, out);
+          for (int32_t j = 0; j < ip.nborder; ++j) {
+            const int32_t i = ip.border[j];
+            coord_step(plan[i], plane, co, A(load(gcol[col + i])), acc_y_border[i],
+                       acc_x_border[i], acc_m_border[i], out ? out + i : nullptr);
+          }
+        }
+        for (int32_t j = 0; j < ip.nborder; ++j) {
+          const int32_t i = ip.border[j];
+          acc_y[i] = acc_y_border[i];
+          acc_x[i] = acc_x_border[i];
+          acc_m[i] = acc_m_border[i];
+        }
+      }
+    }
     // Channels in blocks (one plan-entry load serves the block); within a
     // pixel the channels are summed in order, whatever the block size.
-    for (int64_t cg0 = 0; cg0 < cpg; cg0 += kChannelBlock) {
+    for (int64_t cg0 = 0; !fast && cg0 < cpg; cg0 += kChannelBlock) {
       const int64_t nb = std::min(kChannelBlock, cpg - cg0);
       const S* planes[kChannelBlock];
       int64_t col_of[kChannelBlock];
@@ -68,49 +146,10 @@ void coord_grad_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const
       }
       for (int64_t i = 0; i < len; ++i) {
         const GradEntry<A>& e = plan[i];
-        if (e.valid == 0u) {
-          if (cols_out)
-            for (int64_t j = 0; j < nb; ++j) cols_out[col_of[j] + i * cs.p] = store<S>(A(0));
-          continue;
-        }
         A ay = acc_y[i], ax = acc_x[i], am = acc_m[i];
-        if (e.valid == 15u) {
-          // All four corners inside (so inside the forward's region too):
-          // interpolate along x, then y; the derivatives fall out of the
-          // same differences.
-          for (int64_t j = 0; j < nb; ++j) {
-            const S* plane = planes[j];
-            const A v0 = A(load(plane[e.base + co.at[0]])), v1 = A(load(plane[e.base + co.at[1]]));
-            const A v2 = A(load(plane[e.base + co.at[2]])), v3 = A(load(plane[e.base + co.at[3]]));
-            const A gv = A(load(gcol[col_of[j] + i * cs.p]));
-            const InteriorGrad<A> r = interior_value_and_grad(v0, v1, v2, v3, e.fy, e.fx);
-            ay += gv * r.dy;
-            ax += gv * r.dx;
-            am += gv * r.value;
-            if (cols_out)
-              cols_out[col_of[j] + i * cs.p] =
-                  store<S>(weighted_sum4(e.wm[0], e.wm[1], e.wm[2], e.wm[3], v0, v1, v2, v3));
-          }
-        } else {
-          for (int64_t j = 0; j < nb; ++j) {
-            const S* plane = planes[j];
-            A v[4];
-            for (int q = 0; q < 4; ++q)
-              v[q] = (e.valid >> q & 1u) ? A(load(plane[e.base + co.at[q]])) : A(0);
-            const A gv = A(load(gcol[col_of[j] + i * cs.p]));
-            ay += gv * weighted_sum4(e.wy[0], e.wy[1], e.wy[2], e.wy[3], v[0], v[1], v[2], v[3]);
-            ax += gv * weighted_sum4(e.wx[0], e.wx[1], e.wx[2], e.wx[3], v[0], v[1], v[2], v[3]);
-            am += gv * weighted_sum4(e.w[0], e.w[1], e.w[2], e.w[3], v[0], v[1], v[2], v[3]);
-            // The forward's column, recomputed for the weight gradient with
-            // im2col's exact arithmetic (valid corners, masked weights).
-            if (cols_out) {
-              A col = A(0);
-              for (int q = 0; q < 4; ++q)
-                if (e.valid >> q & 1u) col += e.wm[q] * v[q];
-              cols_out[col_of[j] + i * cs.p] = store<S>(e.w[0] != A(0) || e.w[1] != A(0) || e.w[2] != A(0) || e.w[3] != A(0) ? col : A(0));
-            }
-          }
-        }
+        for (int64_t j = 0; j < nb; ++j)
+          coord_step(e, planes[j], co, A(load(gcol[col_of[j] + i * cs.p])), ay, ax, am,
+                     cols_out ? cols_out + col_of[j] + i * cs.p : nullptr);
         acc_y[i] = ay;
         acc_x[i] = ax;
         acc_m[i] = am;
