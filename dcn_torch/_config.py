@@ -56,10 +56,25 @@ def get_workspace_limit() -> int:
     return _workspace_bytes
 
 
-def chunk_size(batch: int, bytes_per_image: int) -> int:
+# On the CPU a chunk is also kept near cache size: the backward writes the
+# column gradient, then col2im, coord_grad and the weight GEMM each read it
+# (and the columns), so columns that stay in L2/L3 between those passes beat
+# a bigger batched GEMM. Measured on 8x64x56x56 (7.2 MB of columns per
+# image): forward+backward 83-87 ms with the whole batch in one chunk, 65-71
+# ms with one image per chunk; the forward alone is unchanged.
+CPU_CHUNK_TARGET_BYTES = 8 * 1024 * 1024
+
+
+def chunk_size(batch: int, bytes_per_image: int, cpu: bool = True) -> int:
+    """Images per batch chunk: within the workspace budget (at least one
+    image) and, on the CPU, near CPU_CHUNK_TARGET_BYTES of columns."""
     if batch <= 0:
         return 0
-    return max(1, min(batch, _workspace_bytes // max(bytes_per_image, 1)))
+    per_image = max(bytes_per_image, 1)
+    chunk = _workspace_bytes // per_image
+    if cpu:
+        chunk = min(chunk, CPU_CHUNK_TARGET_BYTES // per_image)
+    return max(1, min(batch, chunk))
 
 
 _deterministic: "bool | None" = None

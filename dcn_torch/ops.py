@@ -90,7 +90,7 @@ def _chunk(geo: dict, bytes_per_image: int, device: torch.device, deterministic:
     """Images per batch chunk: the columns fit the workspace budget and, for
     the deterministic CUDA col2im, its 32-bit entry and pixel keys fit."""
     N = geo["batch"]
-    chunk = _config.chunk_size(N, bytes_per_image)
+    chunk = _config.chunk_size(N, bytes_per_image, cpu=device.type == "cpu")
     if device.type == "cuda" and deterministic and N > 0:
         kh, kw = geo["kernel"]
         Ho, Wo = geo["out_size"]
@@ -116,7 +116,7 @@ def _forward(input, weight, offset, mask, bias, stride, padding, dilation):
     x, off, m = _detached(input), _detached(offset), _detached(mask)
     w = _detached(weight).reshape(groups, O // groups, (C // groups) * K)
     b = None if bias is None else _detached(bias).view(1, O, 1)
-    chunk = _config.chunk_size(N, C * K * P * input.element_size())
+    chunk = _config.chunk_size(N, C * K * P * input.element_size(), cpu=not input.is_cuda)
     cols = _workspace.get(chunk * C * K * P, input.dtype, input.device).view(chunk, C * K, Ho, Wo)
     p = _params(stride, padding, dilation)
     for n0 in range(0, N, chunk):
