@@ -40,7 +40,8 @@ CPU_SOURCES = sorted((ROOT / "core" / "cpu").glob("*.cpp")) + [ROOT / "core" / "
 HARNESS = ROOT / "tests" / "cuda" / "harness.cpp"
 SHIM = ROOT / "tests" / "cuda" / "shim"
 # The shim first, so <cuda_runtime.h> & co. resolve to it.
-INCLUDES = [f"-I{SHIM}", f"-I{ROOT / 'core' / 'include'}", f"-I{ROOT / 'core' / 'cuda'}"]
+INCLUDES = [f"-I{SHIM}", f"-I{ROOT / 'core' / 'include'}", f"-I{ROOT / 'core' / 'cuda'}",
+            f"-I{ROOT / 'tests' / 'emulation'}"]
 # -ffp-contract=off: as the CPU build (and nvcc --fmad=false), so the bitwise
 # comparisons hold. -O0: the cases are tiny, sanitizer builds compile faster.
 BASE = ["-std=c++17", "-O0", "-g", "-ffp-contract=off", "-fno-omit-frame-pointer",
@@ -62,7 +63,7 @@ def _build(variant: str, outdir: Path, cuda_dir: Path | None = None):
     includes = list(INCLUDES)
     cuda_sources = CUDA_SOURCES
     if cuda_dir is not None:
-        includes[2] = f"-I{cuda_dir}"
+        includes[2] = f"-I{cuda_dir}"  # replaces core/cuda
         cuda_sources = [cuda_dir / p.name for p in CUDA_SOURCES]
     flags = BASE + VARIANTS[variant] + includes
     outdir.mkdir(parents=True, exist_ok=True)

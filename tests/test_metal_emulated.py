@@ -41,6 +41,7 @@ INCLUDES = [
     f"-I{ROOT / 'tests' / 'metal' / 'shim'}",
     f"-I{ROOT / 'core' / 'metal'}",
     f"-I{ROOT / 'tests' / 'metal'}",
+    f"-I{ROOT / 'tests' / 'emulation'}",
 ]
 # -ffp-contract=off on both sides: the bitwise comparisons assume neither the
 # kernels nor the CPU code is contracted into FMAs. -O0: the cases are tiny,

@@ -194,16 +194,12 @@ void col2im(DType dtype, const Geometry& geo, const void* grad_columns, ColumnSt
   const int64_t samples = geo.batch * geo.offset_groups * geo.kernel_points() * geo.out_pixels();
   const ChannelSplit split = split_channels(samples, geo.channels_per_offset_group());
   const int64_t total = samples * split.chunks;
-  const int64_t in_shape[4] = {geo.batch, geo.channels, geo.height, geo.width};
-  const int64_t off_shape[4] = {geo.batch, 2 * geo.offset_groups * geo.kernel_points(),
-                                geo.out_h, geo.out_w};
-  const int64_t mask_shape[4] = {geo.batch, geo.offset_groups * geo.kernel_points(), geo.out_h,
-                                 geo.out_w};
   dispatch_storage(dtype, [&](auto tag) {
     using S = decltype(tag);
     using A = acc_t<S>;
-    dispatch_index({total, elements, extent(in_shape, grad_input_s), extent(off_shape, offset_s),
-                    mask ? extent(mask_shape, mask_s) : 0, extent(geo, columns_s)},
+    dispatch_index({total, elements, image_extent(geo, grad_input_s),
+                    offset_extent(geo, offset_s), mask_extent(geo, mask, mask_s),
+                    columns_extent(geo, columns_s)},
                    [&](auto itag) {
       using I = decltype(itag);
       auto* zero = &zero_kernel<A, I>;
@@ -240,11 +236,6 @@ void col2im_deterministic(DType dtype, const Geometry& geo, const void* grad_col
   DeviceGuard guard(launch.device);
   const cudaStream_t stream = static_cast<cudaStream_t>(launch.stream);
   const int64_t samples = sc.entries / 4;
-  const int64_t in_shape[4] = {geo.batch, geo.channels, geo.height, geo.width};
-  const int64_t off_shape[4] = {geo.batch, 2 * geo.offset_groups * geo.kernel_points(),
-                                geo.out_h, geo.out_w};
-  const int64_t mask_shape[4] = {geo.batch, geo.offset_groups * geo.kernel_points(), geo.out_h,
-                                 geo.out_w};
   uint32_t* keys_in = at<uint32_t>(workspace, sc.keys_in);
   uint32_t* keys_out = at<uint32_t>(workspace, sc.keys_out);
   uint32_t* ids_in = at<uint32_t>(workspace, sc.ids_in);
@@ -258,9 +249,9 @@ void col2im_deterministic(DType dtype, const Geometry& geo, const void* grad_col
     using S = decltype(tag);
     using A = acc_t<S>;
     A* weights = at<A>(workspace, sc.weights);
-    dispatch_index({sc.entries, sc.pixels, elements, extent(in_shape, grad_input_s),
-                    extent(off_shape, offset_s), mask ? extent(mask_shape, mask_s) : 0,
-                    extent(geo, columns_s)},
+    dispatch_index({sc.entries, sc.pixels, elements, image_extent(geo, grad_input_s),
+                    offset_extent(geo, offset_s), mask_extent(geo, mask, mask_s),
+                    columns_extent(geo, columns_s)},
                    [&](auto itag) {
       using I = decltype(itag);
       if (samples > 0) {

@@ -105,8 +105,10 @@ Cols<I> cols_as(ColumnStrides s) {
   return Cols<I>{I(s.n), I(s.block_stride), I(s.c), I(s.k), I(s.p), I(s.block)};
 }
 
-// Largest |element offset| + 1 of an array of logical shape `shape`.
-inline int64_t extent(const int64_t (&shape)[4], Strides4 s) {
+// Largest |element offset| + 1 of each array a kernel touches, from the
+// geometry and its strides (0 for an absent array): the launch uses 32-bit
+// indices only when all of them fit.
+inline int64_t extent4(const int64_t (&shape)[4], Strides4 s) {
   const int64_t st[4] = {s.n, s.c, s.y, s.x};
   int64_t e = 0;
   for (int i = 0; i < 4; ++i) {
@@ -115,7 +117,23 @@ inline int64_t extent(const int64_t (&shape)[4], Strides4 s) {
   }
   return e + 1;
 }
-inline int64_t extent(const Geometry& g, ColumnStrides s) {
+// (N, C, H, W): input and grad_input
+inline int64_t image_extent(const Geometry& g, Strides4 s) {
+  const int64_t shape[4] = {g.batch, g.channels, g.height, g.width};
+  return extent4(shape, s);
+}
+// (N, 2*G*K, Ho, Wo): offset and grad_offset
+inline int64_t offset_extent(const Geometry& g, Strides4 s) {
+  const int64_t shape[4] = {g.batch, 2 * g.offset_groups * g.kernel_points(), g.out_h, g.out_w};
+  return extent4(shape, s);
+}
+// (N, G*K, Ho, Wo): mask and grad_mask, when present
+inline int64_t mask_extent(const Geometry& g, const void* mask, Strides4 s) {
+  const int64_t shape[4] = {g.batch, g.offset_groups * g.kernel_points(), g.out_h, g.out_w};
+  return mask ? extent4(shape, s) : 0;
+}
+// (N, C, K, P) columns
+inline int64_t columns_extent(const Geometry& g, ColumnStrides s) {
   if (g.batch == 0) return 0;
   const int64_t blocks = (g.channels + s.block - 1) / s.block;
   return (g.batch - 1) * s.n + (blocks - 1) * s.block_stride + (s.block - 1) * s.c +

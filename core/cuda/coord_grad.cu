@@ -92,16 +92,11 @@ void coord_grad(DType dtype, const Geometry& geo, const void* grad_columns,
   const int64_t total = geo.batch * geo.offset_groups * geo.kernel_points() * geo.out_pixels();
   if (total == 0) return;
   DeviceGuard guard(launch.device);
-  const int64_t in_shape[4] = {geo.batch, geo.channels, geo.height, geo.width};
-  const int64_t off_shape[4] = {geo.batch, 2 * geo.offset_groups * geo.kernel_points(),
-                                geo.out_h, geo.out_w};
-  const int64_t mask_shape[4] = {geo.batch, geo.offset_groups * geo.kernel_points(), geo.out_h,
-                                 geo.out_w};
   dispatch_storage(dtype, [&](auto tag) {
     using S = decltype(tag);
-    dispatch_index({total, extent(in_shape, input_s), extent(off_shape, offset_s),
-                    extent(off_shape, grad_offset_s), mask ? extent(mask_shape, mask_s) : 0,
-                    grad_mask ? extent(mask_shape, grad_mask_s) : 0, extent(geo, columns_s)},
+    dispatch_index({total, image_extent(geo, input_s), offset_extent(geo, offset_s),
+                    offset_extent(geo, grad_offset_s), mask_extent(geo, mask, mask_s),
+                    mask_extent(geo, grad_mask, grad_mask_s), columns_extent(geo, columns_s)},
                    [&](auto itag) {
       using I = decltype(itag);
       auto* kernel = &coord_grad_kernel<S, I>;

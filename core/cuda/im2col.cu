@@ -41,15 +41,10 @@ void im2col(DType dtype, const Geometry& geo, const void* input, Strides4 input_
   DeviceGuard guard(launch.device);
   const ChannelSplit split = split_channels(samples, geo.channels_per_offset_group());
   const int64_t total = samples * split.chunks;
-  const int64_t in_shape[4] = {geo.batch, geo.channels, geo.height, geo.width};
-  const int64_t off_shape[4] = {geo.batch, 2 * geo.offset_groups * geo.kernel_points(),
-                                geo.out_h, geo.out_w};
-  const int64_t mask_shape[4] = {geo.batch, geo.offset_groups * geo.kernel_points(), geo.out_h,
-                                 geo.out_w};
   dispatch_storage(dtype, [&](auto tag) {
     using S = decltype(tag);
-    dispatch_index({total, extent(in_shape, input_s), extent(off_shape, offset_s),
-                    mask ? extent(mask_shape, mask_s) : 0, extent(geo, columns_s)},
+    dispatch_index({total, image_extent(geo, input_s), offset_extent(geo, offset_s),
+                    mask_extent(geo, mask, mask_s), columns_extent(geo, columns_s)},
                    [&](auto itag) {
       using I = decltype(itag);
       auto* kernel = &im2col_kernel<S, I>;

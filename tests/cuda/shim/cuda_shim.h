@@ -12,6 +12,7 @@
 // ThreadSanitizer sees real atomics), the stream API as synchronous host
 // calls. The kernels use no shared memory, barriers or warp functions, so
 // each emulated thread can run to completion on its own.
+// Needs tests/emulation on the include path.
 #pragma once
 #include <algorithm>
 #include <atomic>
@@ -24,6 +25,8 @@
 #include <random>
 #include <thread>
 #include <vector>
+
+#include "dispatch.h"  // tests/emulation: the grid orders, shared with the Metal shim
 
 #define __global__
 #define __device__
@@ -38,57 +41,31 @@ inline thread_local dim3 blockIdx, threadIdx, blockDim, gridDim;
 
 namespace dcn_emu {
 
-enum class Mode { Serial, Shuffled, Parallel };
+using Mode = dcn_shim::Mode;
 inline Mode mode = Mode::Serial;
 inline int workers = 4;
 inline unsigned seed = 1;
 inline uint64_t launches = 0;
 
 // Runs body() once per thread of a (blocks x threads) 1-D grid, with the
-// built-in indices set.
+// built-in indices set, in the order `mode` says (tests/emulation/dispatch.h:
+// serial, shuffled, or blocks spread over host threads).
 inline void launch(unsigned blocks, unsigned threads, const std::function<void()>& body) {
   if (blocks == 0 || threads == 0 || threads > 1024) {
     std::fprintf(stderr, "emulated launch: bad configuration %u x %u\n", blocks, threads);
     std::abort();
   }
   ++launches;
-  const uint64_t total = uint64_t(blocks) * threads;
-  auto run = [&](uint64_t t) {
-    blockIdx = dim3(unsigned(t / threads));
-    threadIdx = dim3(unsigned(t % threads));
-    blockDim = dim3(threads);
-    gridDim = dim3(blocks);
-    body();
-  };
-  switch (mode) {
-    case Mode::Serial:
-      for (uint64_t t = 0; t < total; ++t) run(t);
-      break;
-    case Mode::Shuffled: {
-      std::vector<uint64_t> order(total);
-      std::iota(order.begin(), order.end(), uint64_t(0));
-      std::mt19937 rng(seed + unsigned(launches));
-      std::shuffle(order.begin(), order.end(), rng);
-      for (uint64_t t : order) run(t);
-      break;
-    }
-    case Mode::Parallel: {
-      // Block b runs on worker b % workers; all workers start together and
-      // the start line creates no happens-before edge (relaxed), so
-      // ThreadSanitizer reports any unsynchronised access two blocks share.
-      std::atomic<int> started{0};
-      auto work = [&](int w) {
-        started.fetch_add(1, std::memory_order_relaxed);
-        while (started.load(std::memory_order_relaxed) < workers) std::this_thread::yield();
-        for (uint64_t b = uint64_t(w); b < blocks; b += uint64_t(workers))
-          for (uint64_t t = b * threads; t < (b + 1) * threads; ++t) run(t);
-      };
-      std::vector<std::thread> pool;
-      for (int w = 0; w < workers; ++w) pool.emplace_back(work, w);
-      for (auto& th : pool) th.join();
-      break;
-    }
-  }
+  dcn_shim::dispatch_threads(
+      uint64_t(blocks) * threads, threads, mode,
+      [&](uint32_t t) {
+        blockIdx = dim3(t / threads);
+        threadIdx = dim3(t % threads);
+        blockDim = dim3(threads);
+        gridDim = dim3(blocks);
+        body();
+      },
+      workers, seed + unsigned(launches));
 }
 
 template <typename T, typename U>

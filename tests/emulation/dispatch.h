@@ -1,4 +1,5 @@
-// Emulated Metal grid dispatch for kernels compiled through the shim.
+// Emulated GPU grid dispatch for kernels compiled through the Metal shim
+// (tests/metal) or the CUDA shim (tests/cuda).
 //
 // dispatch_threads(total, group, mode, fn) calls fn(gid) for every thread of
 // a 1-D grid rounded up to whole threadgroups (as dispatchThreadgroups does),
