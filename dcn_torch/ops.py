@@ -116,7 +116,8 @@ def _forward(input, weight, offset, mask, bias, stride, padding, dilation):
     x, off, m = _detached(input), _detached(offset), _detached(mask)
     w = _detached(weight).reshape(groups, O // groups, (C // groups) * K)
     b = None if bias is None else _detached(bias).view(1, O, 1)
-    chunk = _config.chunk_size(N, C * K * P * input.element_size(), cpu=not input.is_cuda)
+    chunk = _config.chunk_size(N, C * K * P * input.element_size(), cpu=not input.is_cuda,
+                               forward=True)
     cols = _workspace.get(chunk * C * K * P, input.dtype, input.device).view(chunk, C * K, Ho, Wo)
     p = _params(stride, padding, dilation)
     for n0 in range(0, N, chunk):
