@@ -13,8 +13,8 @@
 namespace dcn::cpu {
 namespace {
 
-// Fields the interior fast path reads come first (one cache line for
-// float); the per-corner weights only serve border samples.
+// Fields the interior path reads come first (one cache line for float);
+// the full corner set only serves border samples.
 template <typename A>
 struct GradEntry {
   int64_t base;
@@ -22,7 +22,7 @@ struct GradEntry {
   A fy, fx;
   A wm[4];  // mask * w, rounded exactly as im2col's plan: identical columns
   A mask;
-  A w[4], wy[4], wx[4];
+  Corners<A, int64_t> corners;  // unmodulated weights and their derivatives
 };
 
 // One sample, one channel: adds grad_column gv times d(value)/dy, d/dx and
@@ -41,7 +41,7 @@ inline void coord_step(const GradEntry<A>& e, const S* plane, const CornerOffset
   if (e.valid == 15u) {
     const A v0 = A(load(plane[e.base + co.at[0]])), v1 = A(load(plane[e.base + co.at[1]]));
     const A v2 = A(load(plane[e.base + co.at[2]])), v3 = A(load(plane[e.base + co.at[3]]));
-    const InteriorGrad<A> r = interior_value_and_grad(v0, v1, v2, v3, e.fy, e.fx);
+    const SampleGrad<A> r = interior_value_and_grad(v0, v1, v2, v3, e.fy, e.fx);
     ay += gv * r.dy;
     ax += gv * r.dx;
     am += gv * r.value;
@@ -50,16 +50,18 @@ inline void coord_step(const GradEntry<A>& e, const S* plane, const CornerOffset
   }
   A v[4];
   for (int q = 0; q < 4; ++q) v[q] = (e.valid >> q & 1u) ? A(load(plane[e.base + co.at[q]])) : A(0);
-  ay += gv * weighted_sum4(e.wy[0], e.wy[1], e.wy[2], e.wy[3], v[0], v[1], v[2], v[3]);
-  ax += gv * weighted_sum4(e.wx[0], e.wx[1], e.wx[2], e.wx[3], v[0], v[1], v[2], v[3]);
-  am += gv * weighted_sum4(e.w[0], e.w[1], e.w[2], e.w[3], v[0], v[1], v[2], v[3]);
+  const SampleGrad<A> r = corner_value_and_grad(e.corners, v[0], v[1], v[2], v[3]);
+  ay += gv * r.dy;
+  ax += gv * r.dx;
+  am += gv * r.value;
   if (col_out) {
     // The forward's column with im2col's exact arithmetic (valid corners,
     // masked weights; 0 when every weight is 0).
     A col = A(0);
     for (int q = 0; q < 4; ++q)
       if (e.valid >> q & 1u) col += e.wm[q] * v[q];
-    *col_out = store<S>(e.w[0] != A(0) || e.w[1] != A(0) || e.w[2] != A(0) || e.w[3] != A(0) ? col : A(0));
+    const A* w = e.corners.w;
+    *col_out = store<S>(w[0] != A(0) || w[1] != A(0) || w[2] != A(0) || w[3] != A(0) ? col : A(0));
   }
 }
 
@@ -82,12 +84,8 @@ void coord_grad_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const
           bilinear_corners<A, int64_t>(y, x, geo.height, geo.width, is.y, is.x, A(1), true);
       GradEntry<A>& e = plan[i];
       e.base = c.base;
-      for (int q = 0; q < 4; ++q) {
-        e.wm[q] = m * c.w[q];
-        e.w[q] = c.w[q];
-        e.wy[q] = c.wy[q];
-        e.wx[q] = c.wx[q];
-      }
+      for (int q = 0; q < 4; ++q) e.wm[q] = m * c.w[q];
+      e.corners = c;
       e.fy = c.fy;
       e.fx = c.fx;
       e.valid = c.valid;

@@ -30,7 +30,7 @@ void coord_scalar(const InteriorPlan& ip, int64_t i0, int64_t len, const float* 
   for (int64_t i = i0; i < len; ++i) {
     const int32_t o = ip.off[i];
     const float v0 = r0[o], v1 = r0[o + 1], v2 = r1[o], v3 = r1[o + 1];
-    const InteriorGrad<float> r = interior_value_and_grad(v0, v1, v2, v3, ip.fy[i], ip.fx[i]);
+    const SampleGrad<float> r = interior_value_and_grad(v0, v1, v2, v3, ip.fy[i], ip.fx[i]);
     ay[i] += g[i] * r.dy;
     ax[i] += g[i] * r.dx;
     am[i] += g[i] * r.value;

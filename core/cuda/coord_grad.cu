@@ -45,7 +45,7 @@ __global__ void coord_grad_kernel(Geo<I> g, const S* __restrict__ grad_columns, 
         const A v0 = A(load(plane[cr.idx[0]])), v1 = A(load(plane[cr.idx[1]]));
         const A v2 = A(load(plane[cr.idx[2]])), v3 = A(load(plane[cr.idx[3]]));
         const A gv = A(load(grad_columns[col_at + cs.channel(c)]));
-        const InteriorGrad<A> r = interior_value_and_grad(v0, v1, v2, v3, cr.fy, cr.fx);
+        const SampleGrad<A> r = interior_value_and_grad(v0, v1, v2, v3, cr.fy, cr.fx);
         ay += gv * r.dy;
         ax += gv * r.dx;
         am += gv * r.value;
@@ -59,9 +59,10 @@ __global__ void coord_grad_kernel(Geo<I> g, const S* __restrict__ grad_columns, 
         A v[4];
         for (int q = 0; q < 4; ++q) v[q] = (cr.valid >> q & 1u) ? A(load(plane[cr.idx[q]])) : A(0);
         const A gv = A(load(grad_columns[col_at + cs.channel(c)]));
-        ay += gv * weighted_sum4(cr.wy[0], cr.wy[1], cr.wy[2], cr.wy[3], v[0], v[1], v[2], v[3]);
-        ax += gv * weighted_sum4(cr.wx[0], cr.wx[1], cr.wx[2], cr.wx[3], v[0], v[1], v[2], v[3]);
-        am += gv * weighted_sum4(cr.w[0], cr.w[1], cr.w[2], cr.w[3], v[0], v[1], v[2], v[3]);
+        const SampleGrad<A> r = corner_value_and_grad(cr, v[0], v[1], v[2], v[3]);
+        ay += gv * r.dy;
+        ax += gv * r.dx;
+        am += gv * r.value;
         if (columns_out) {
           // im2col's exact arithmetic: valid corners, masked weights.
           A col = A(0);

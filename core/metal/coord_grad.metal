@@ -44,7 +44,7 @@ template <typename T>
         // All four corners inside: the shared interior formula.
         const float v0 = float(image[cr.idx[0] + c]), v1 = float(image[cr.idx[1] + c]);
         const float v2 = float(image[cr.idx[2] + c]), v3 = float(image[cr.idx[3] + c]);
-        const dcn::InteriorGrad<float> r = dcn::interior_value_and_grad(v0, v1, v2, v3, cr.fy, cr.fx);
+        const dcn::SampleGrad<float> r = dcn::interior_value_and_grad(v0, v1, v2, v3, cr.fy, cr.fx);
         acc_y += gv * r.dy;
         acc_x += gv * r.dx;
         acc_m += gv * r.value;
@@ -52,9 +52,10 @@ template <typename T>
         float v[4];
         for (int q = 0; q < 4; ++q)
           v[q] = ((cr.valid >> q) & 1u) ? float(image[cr.idx[q] + c]) : 0.0f;
-        acc_y += gv * dcn::weighted_sum4(cr.wy[0], cr.wy[1], cr.wy[2], cr.wy[3], v[0], v[1], v[2], v[3]);
-        acc_x += gv * dcn::weighted_sum4(cr.wx[0], cr.wx[1], cr.wx[2], cr.wx[3], v[0], v[1], v[2], v[3]);
-        acc_m += gv * dcn::weighted_sum4(cr.w[0], cr.w[1], cr.w[2], cr.w[3], v[0], v[1], v[2], v[3]);
+        const dcn::SampleGrad<float> r = dcn::corner_value_and_grad(cr, v[0], v[1], v[2], v[3]);
+        acc_y += gv * r.dy;
+        acc_x += gv * r.dx;
+        acc_m += gv * r.value;
       }
     }
   }

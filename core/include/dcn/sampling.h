@@ -148,18 +148,33 @@ DCN_FN T weighted_sum4(T w0, T w1, T w2, T w3, T v0, T v1, T v2, T v3) {
 // (torchvision's coordinate weights) fall out of the same differences.
 // v0..v3 in Corners order; fy, fx the fractional parts.
 template <typename T>
-struct InteriorGrad {
+struct SampleGrad {
   T value, dy, dx;
 };
 
 template <typename T>
-DCN_FN InteriorGrad<T> interior_value_and_grad(T v0, T v1, T v2, T v3, T fy, T fx) {
+DCN_FN SampleGrad<T> interior_value_and_grad(T v0, T v1, T v2, T v3, T fy, T fx) {
   const T d01 = v1 - v0, d23 = v3 - v2;
   const T top = v0 + fx * d01, bottom = v2 + fx * d23;
-  InteriorGrad<T> r;
+  SampleGrad<T> r;
   r.dy = bottom - top;
   r.value = top + fy * r.dy;
   r.dx = d01 + fy * (d23 - d01);
+  return r;
+}
+
+// The same three numbers for any sample, from its four corner values (0 for
+// a corner outside the plane) and the per-corner weights bilinear_corners
+// computed (with_grad, scale 1): torchvision's rule at the border. Every
+// backend's coordinate gradient calls this for samples that are not
+// entirely inside; interior_value_and_grad is the cheaper equivalent for
+// those that are.
+template <typename T, typename I>
+DCN_FN SampleGrad<T> corner_value_and_grad(Corners<T, I> c, T v0, T v1, T v2, T v3) {
+  SampleGrad<T> r;
+  r.dy = weighted_sum4(c.wy[0], c.wy[1], c.wy[2], c.wy[3], v0, v1, v2, v3);
+  r.dx = weighted_sum4(c.wx[0], c.wx[1], c.wx[2], c.wx[3], v0, v1, v2, v3);
+  r.value = weighted_sum4(c.w[0], c.w[1], c.w[2], c.w[3], v0, v1, v2, v3);
   return r;
 }
 
