@@ -138,27 +138,35 @@ dcn::Geometry kernel_geometry(const Array& input_like, dcn::DType dtype, const A
   return resolve_or_throw(args);
 }
 
-// Columns are (N, C*kh*kw, out_h, out_w), C-contiguous, in the storage dtype.
+// Columns in one of two C-contiguous layouts, in the storage dtype:
+//   channel-major (N, C*kh*kw, out_h, out_w), element (c*K + k, p): torch's
+//     im2col layout, the GEMM's right operand as is;
+//   pixel-major (N, out_h, out_w, kh*kw*C), element (p, k*C + c): every
+//     sample's channels are contiguous, so with a channels-last input the
+//     CPU kernels sweep them as vectors.
 dcn::ColumnStrides column_strides(const Array& cols, const dcn::Geometry& g, dcn::DType dtype,
-                                  const char* name) {
-  const int64_t K = g.kernel_points(), P = g.out_pixels();
-  const int64_t want[4] = {g.batch, g.channels * K, g.out_h, g.out_w};
+                                  const char* name, bool pixel_major) {
+  const int64_t K = g.kernel_points(), P = g.out_pixels(), CK = g.channels * K;
+  const int64_t want[4] = {g.batch, pixel_major ? g.out_h : CK, pixel_major ? g.out_w : g.out_h,
+                           pixel_major ? CK : g.out_w};
   bool ok = cols.ndim() == 4 && dtype_of(cols) == dtype;
   for (int i = 0; ok && i < 4; ++i) ok = int64_t(cols.shape(i)) == want[i];
-  ok = ok && (g.batch <= 1 || cols.stride(0) == g.channels * K * P) &&
-       cols.stride(1) == P && cols.stride(2) == g.out_w && cols.stride(3) == 1;
+  for (int64_t i = 3, stride = 1; ok && i >= 1; stride *= want[i], --i)
+    ok = want[i] == 1 || int64_t(cols.stride(i)) == stride;
+  ok = ok && (g.batch <= 1 || cols.stride(0) == CK * P);
   if (!ok) {
-    throw std::invalid_argument(std::string(name) +
-                                ": expected a contiguous (N, C*kh*kw, out_h, out_w) array "
-                                "in the input's dtype");
+    throw std::invalid_argument(std::string(name) + ": expected a contiguous " +
+                                (pixel_major ? "(N, out_h, out_w, kh*kw*C)"
+                                             : "(N, C*kh*kw, out_h, out_w)") +
+                                " array in the input's dtype");
   }
   dcn::ColumnStrides cs;
-  cs.n = g.channels * K * P;
-  cs.block = g.channels;  // one block: channel c at c*K*P
+  cs.n = CK * P;
+  cs.block = g.channels;  // one block (the frontends' weight groups are GEMM-side)
   cs.block_stride = 0;
-  cs.c = K * P;
-  cs.k = P;
-  cs.p = 1;
+  cs.c = pixel_major ? 1 : K * P;
+  cs.k = pixel_major ? g.channels : P;
+  cs.p = pixel_major ? CK : 1;
   return cs;
 }
 
@@ -187,12 +195,13 @@ nb::dict geometry(std::vector<int64_t> input, std::vector<int64_t> weight,
 }
 
 void im2col(const Array& input, const Array& offset, std::optional<Array> mask, Array columns,
-            Pair kernel, Pair stride, Pair padding, Pair dilation, uintptr_t stream) {
+            Pair kernel, Pair stride, Pair padding, Pair dilation, uintptr_t stream,
+            bool pixel_major) {
   const Place place = on_device({{"input", &input}, {"offset", &offset}, {"mask", opt(mask)},
                                  {"columns", &columns}});
   const dcn::DType dt = dtype_of(input);
   const dcn::Geometry g = kernel_geometry(input, dt, offset, mask, kernel, stride, padding, dilation);
-  const dcn::ColumnStrides cs = column_strides(columns, g, dt, "columns");
+  const dcn::ColumnStrides cs = column_strides(columns, g, dt, "columns", pixel_major);
   const dcn::Strides4 ms = mask ? strides4(*mask) : dcn::Strides4{};
   nb::gil_scoped_release release;
 #if defined(DCN_WITH_CUDA)
@@ -210,14 +219,14 @@ void im2col(const Array& input, const Array& offset, std::optional<Array> mask, 
 
 void col2im(const Array& grad_columns, const Array& offset, std::optional<Array> mask,
             Array grad_input, Pair kernel, Pair stride, Pair padding, Pair dilation,
-            uintptr_t stream, std::optional<Array> workspace) {
+            uintptr_t stream, std::optional<Array> workspace, bool pixel_major) {
   const Place place = on_device({{"grad_columns", &grad_columns}, {"offset", &offset},
                                  {"mask", opt(mask)}, {"grad_input", &grad_input},
                                  {"workspace", opt(workspace)}});
   const dcn::DType dt = dtype_of(grad_columns);
   const dcn::Geometry g =
       kernel_geometry(grad_input, dt, offset, mask, kernel, stride, padding, dilation);
-  const dcn::ColumnStrides cs = column_strides(grad_columns, g, dt, "grad_columns");
+  const dcn::ColumnStrides cs = column_strides(grad_columns, g, dt, "grad_columns", pixel_major);
   const dcn::DType acc = dt == dcn::DType::Float64 ? dcn::DType::Float64 : dcn::DType::Float32;
   if (dtype_of(grad_input) != acc)
     throw std::invalid_argument(std::string("grad_input: expected accumulation dtype ") +
@@ -247,15 +256,15 @@ void col2im(const Array& grad_columns, const Array& offset, std::optional<Array>
 void coord_grad(const Array& grad_columns, const Array& input, const Array& offset,
                 std::optional<Array> mask, Array grad_offset, std::optional<Array> grad_mask,
                 std::optional<Array> columns_out, Pair kernel, Pair stride, Pair padding,
-                Pair dilation, uintptr_t stream) {
+                Pair dilation, uintptr_t stream, bool pixel_major) {
   const Place place = on_device({{"grad_columns", &grad_columns}, {"input", &input},
                                  {"offset", &offset}, {"mask", opt(mask)},
                                  {"grad_offset", &grad_offset}, {"grad_mask", opt(grad_mask)},
                                  {"columns_out", opt(columns_out)}});
   const dcn::DType dt = dtype_of(input);
   const dcn::Geometry g = kernel_geometry(input, dt, offset, mask, kernel, stride, padding, dilation);
-  const dcn::ColumnStrides cs = column_strides(grad_columns, g, dt, "grad_columns");
-  if (columns_out) column_strides(*columns_out, g, dt, "columns_out");
+  const dcn::ColumnStrides cs = column_strides(grad_columns, g, dt, "grad_columns", pixel_major);
+  if (columns_out) column_strides(*columns_out, g, dt, "columns_out", pixel_major);
   if (bool(mask) != bool(grad_mask))
     throw std::invalid_argument("grad_mask: must be given exactly when mask is given");
   const int64_t K = g.kernel_points();
@@ -337,11 +346,14 @@ NB_MODULE(_C, m) {
         "Validate shapes/dtypes/parameters; return the inferred geometry or raise ValueError.");
   m.def("im2col", &im2col, nb::arg("input").noconvert(), nb::arg("offset").noconvert(),
         nb::arg("mask").noconvert().none(), nb::arg("columns").noconvert(), nb::arg("kernel"),
-        nb::arg("stride"), nb::arg("padding"), nb::arg("dilation"), nb::arg("stream") = 0);
+        nb::arg("stride"), nb::arg("padding"), nb::arg("dilation"), nb::arg("stream") = 0,
+        nb::arg("pixel_major") = false,
+        "columns = mask * bilinear(input) per sample; pixel_major picks the columns' layout "
+        "(N, out_h, out_w, kh*kw*C) instead of (N, C*kh*kw, out_h, out_w).");
   m.def("col2im", &col2im, nb::arg("grad_columns").noconvert(), nb::arg("offset").noconvert(),
         nb::arg("mask").noconvert().none(), nb::arg("grad_input").noconvert(), nb::arg("kernel"),
         nb::arg("stride"), nb::arg("padding"), nb::arg("dilation"), nb::arg("stream") = 0,
-        nb::arg("workspace").noconvert().none() = nb::none(),
+        nb::arg("workspace").noconvert().none() = nb::none(), nb::arg("pixel_major") = false,
         "grad_input = adjoint of im2col. On CUDA: atomic adds, or, given a workspace of "
         "col2im_workspace_size() bytes, the deterministic kernel.");
   m.def("col2im_workspace_size", &col2im_workspace_size, nb::arg("grad_input").noconvert(),
@@ -353,7 +365,7 @@ NB_MODULE(_C, m) {
         nb::arg("mask").noconvert().none(), nb::arg("grad_offset").noconvert(),
         nb::arg("grad_mask").noconvert().none(), nb::arg("columns_out").noconvert().none(),
         nb::arg("kernel"), nb::arg("stride"), nb::arg("padding"), nb::arg("dilation"),
-        nb::arg("stream") = 0);
+        nb::arg("stream") = 0, nb::arg("pixel_major") = false);
   m.def("set_num_threads", &dcn::cpu::set_num_threads, nb::arg("n"));
   m.def("get_num_threads", &dcn::cpu::get_num_threads);
 }
