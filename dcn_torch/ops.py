@@ -186,7 +186,10 @@ def _backward(grad, input, weight, offset, mask, bias, stride, padding, dilation
     # adds with atomics and the deterministic kernel is chosen here.
     deterministic = cuda and _config.deterministic()
     # col2im and coord_grad write every element: no zero fill needed.
-    grad_input = torch.empty(input.shape, dtype=acc, device=dev) if need_in else None
+    pm = _pixel_major(input, geo)  # channels-last sampling, as in the forward
+    fmt = torch.channels_last if pm else torch.contiguous_format
+    grad_input = (torch.empty(input.shape, dtype=acc, device=dev, memory_format=fmt)
+                  if need_in else None)
     grad_weight = torch.zeros((groups, Og, Cg * K), dtype=acc, device=dev) if need_w else None
     grad_offset = offset.new_empty(offset.shape) if (need_off or need_mask) else None
     grad_mask = mask.new_empty(mask.shape) if (mask is not None and (need_off or need_mask)) else None
@@ -194,11 +197,14 @@ def _backward(grad, input, weight, offset, mask, bias, stride, padding, dilation
     if N > 0 and (need_in or need_w or need_off or need_mask):
         x, off, m = _detached(input), _detached(offset), _detached(mask)
         g = grad.detach().contiguous()
-        w = _detached(weight).reshape(groups, Og, Cg * K)
+        if pm:  # columns (n, P, K*C), the weight as (O, kh, kw, C)
+            w = _detached(weight).permute(0, 2, 3, 1).reshape(1, O, K * C)
+        else:
+            w = _detached(weight).reshape(groups, Og, Cg * K)
         wt = w.transpose(1, 2)
         p = _params(stride, padding, dilation)
         chunk = _chunk(geo, C * K * P * input.element_size(), dev, deterministic)
-        shape = (chunk, C * K, Ho, Wo)
+        shape = (chunk, Ho, Wo, C * K) if pm else (chunk, C * K, Ho, Wo)
         numel = chunk * C * K * P
         cols = _workspace.get(numel, input.dtype, input.device, 0).view(shape) if need_w else None
         gcols = (_workspace.get(numel, input.dtype, input.device, 1).view(shape)
@@ -209,9 +215,13 @@ def _backward(grad, input, weight, offset, mask, bias, stride, padding, dilation
             gv = g[n0:n1].view(nc, groups, Og, P)
             mc = None if m is None else m[n0:n1]
             c = cols[:nc] if need_w else None
+            xc = x[n0:n1].contiguous(memory_format=torch.channels_last) if pm else x[n0:n1]
             if gcols is not None:
                 gc = gcols[:nc]
-                torch.matmul(wt, gv, out=gc.view(nc, groups, Cg * K, P))
+                if pm:  # gcols[n] (P, K*C) = grad[n]^T @ w
+                    torch.matmul(gv[:, 0].transpose(1, 2), w[0], out=gc.view(nc, P, K * C))
+                else:
+                    torch.matmul(wt, gv, out=gc.view(nc, groups, Cg * K, P))
                 if need_in:
                     gi = grad_input[n0:n1]
                     ws = None
@@ -220,21 +230,28 @@ def _backward(grad, input, weight, offset, mask, bias, stride, padding, dilation
                                                         p["padding"], p["dilation"])
                         ws = torch.empty(size, dtype=torch.uint8, device=dev)
                     _C.col2im(gc, off[n0:n1], mc, gi, (kh, kw), p["stride"], p["padding"],
-                              p["dilation"], stream, ws)
+                              p["dilation"], stream, ws, pm)
                 if need_off or need_mask:
                     # Also recomputes the forward's columns (c) on the way.
-                    _C.coord_grad(gc, x[n0:n1], off[n0:n1], mc, grad_offset[n0:n1],
+                    _C.coord_grad(gc, xc, off[n0:n1], mc, grad_offset[n0:n1],
                                   None if grad_mask is None else grad_mask[n0:n1], c, (kh, kw),
-                                  p["stride"], p["padding"], p["dilation"], stream)
+                                  p["stride"], p["padding"], p["dilation"], stream, pm)
                 elif need_w:
-                    _sample(x[n0:n1], off[n0:n1], mc, c, (kh, kw), p)
+                    _sample(xc, off[n0:n1], mc, c, (kh, kw), p, pm)
             elif need_w:
-                _sample(x[n0:n1], off[n0:n1], mc, c, (kh, kw), p)
+                _sample(xc, off[n0:n1], mc, c, (kh, kw), p, pm)
             if need_w and cuda:
                 # One batched GEMM per chunk, summed over the chunk's images in
                 # float32 (float64 for float64): deterministic, no atomics.
                 cv = c.view(nc, groups, Cg * K, P)
                 grad_weight += torch.matmul(gv, cv.transpose(-1, -2)).sum(0, dtype=acc)
+            elif need_w and pm:
+                # grad_weight (O, K*C) += grad[n] @ cols[n], image by image.
+                for i in range(nc):
+                    if gv.dtype != acc:
+                        grad_weight[0] += torch.mm(gv[i, 0], c[i].view(P, K * C))
+                    else:
+                        grad_weight[0].addmm_(gv[i, 0], c[i].view(P, K * C))
             elif need_w:
                 # grad_weight[g] += grad[n, g] @ cols[n, g]^T, one image at a time
                 # in batch order, so the sum does not depend on the chunking.
@@ -248,8 +265,14 @@ def _backward(grad, input, weight, offset, mask, bias, stride, padding, dilation
                         grad_weight.baddbmm_(gv[i], cv[i].transpose(1, 2))
 
     # Absent gradients are distinct empty tensors: outputs must not alias.
-    gi = grad_input.to(input.dtype) if need_in else input.new_empty((0,))
-    gw = grad_weight.view(weight.shape).to(weight.dtype) if need_w else input.new_empty((0,))
+    # Returned in the layouts the fake kernel promises (contiguous).
+    gi = (grad_input.to(input.dtype).contiguous() if need_in else input.new_empty((0,)))
+    if need_w and pm:
+        gw = grad_weight.view(O, kh, kw, Cg).permute(0, 3, 1, 2).contiguous().to(weight.dtype)
+    elif need_w:
+        gw = grad_weight.view(weight.shape).to(weight.dtype)
+    else:
+        gw = input.new_empty((0,))
     go = grad_offset if need_off else input.new_empty((0,))
     gm = grad_mask if need_mask else input.new_empty((0,))
     gb = grad.sum((0, 2, 3), dtype=acc).to(bias.dtype) if need_b else input.new_empty((0,))

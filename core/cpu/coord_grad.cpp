@@ -3,9 +3,12 @@
 // unmodulated value. A task owns one (n, g, k, tile) and sums channels in
 // order, so results are deterministic for any thread count.
 #include <algorithm>
+#include <vector>
 
 #include <type_traits>
 
+#include "coord_lanes.h"
+#include "coord_step.h"
 #include "interior.h"
 #include "parallel.h"
 #include "plan.h"
@@ -13,56 +16,94 @@
 namespace dcn::cpu {
 namespace {
 
-// Fields the interior path reads come first (one cache line for float);
-// the full corner set only serves border samples.
-template <typename A>
-struct GradEntry {
-  int64_t base;
-  unsigned valid;
-  A fy, fx;
-  A wm[4];  // mask * w, rounded exactly as im2col's plan: identical columns
-  A mask;
-  Corners<A, int64_t> corners;  // unmodulated weights and their derivatives
-};
-
-// One sample, one channel: adds grad_column gv times d(value)/dy, d/dx and
-// the unmodulated value to ay, ax, am, and writes the forward's column to
-// *col_out when given. Interior samples interpolate along x, then y (the
-// derivatives fall out of the same differences); border samples go corner
-// by corner with torchvision's per-corner weights; outside samples add
-// nothing and have column 0.
+// The plan of one task: every sample's corners and weights.
 template <typename A, typename S>
-inline void coord_step(const GradEntry<A>& e, const S* plane, const CornerOffsets& co, A gv,
-                       A& ay, A& ax, A& am, S* col_out) {
-  if (e.valid == 0u) {
-    if (col_out) *col_out = store<S>(A(0));
-    return;
+void build_plan(const Geometry& geo, const TileTask& task, const S* offset, Strides4 os,
+                const S* mask, Strides4 ms, Strides4 is, GradEntry<A>* plan) {
+  for_each_sample<A>(geo, task, offset, os, mask, ms, [&](int64_t i, A y, A x, A m) {
+    // Unmodulated weights: the mask scales the offset gradient at the end
+    // and does not enter the mask's own gradient.
+    const Corners<A, int64_t> c =
+        bilinear_corners<A, int64_t>(y, x, geo.height, geo.width, is.y, is.x, A(1), true);
+    GradEntry<A>& e = plan[i];
+    e.base = c.base;
+    for (int q = 0; q < 4; ++q) e.wm[q] = m * c.w[q];
+    e.corners = c;
+    e.fy = c.fy;
+    e.fx = c.fx;
+    e.valid = c.valid;
+    e.mask = m;
+  });
+}
+
+// Writes one task's sums: pixel p -> (oy, ox) of its kernel point's rows.
+template <typename A, typename S>
+void write_back(const Geometry& geo, const TileTask& task, const GradEntry<A>* plan,
+                const A* acc_y, const A* acc_x, const A* acc_m, S* goff, Strides4 gos, S* gmask,
+                Strides4 gms) {
+  const int64_t K = geo.kernel_points();
+  S* gy = goff + task.n * gos.n + (task.g * 2 * K + 2 * task.k) * gos.c;
+  S* gx = gy + gos.c;
+  S* gm = gmask ? gmask + task.n * gms.n + (task.g * K + task.k) * gms.c : nullptr;
+  for (int64_t i = 0; i < task.p1 - task.p0; ++i) {
+    const int64_t p = task.p0 + i;
+    const int64_t oy = p / geo.out_w;
+    const int64_t ox = p - oy * geo.out_w;
+    // A sample outside the gradient region has exactly 0 offset gradient,
+    // even when its mask is NaN or inf (0 * NaN would say otherwise).
+    const bool outside = plan[i].valid == 0u;
+    gy[oy * gos.y + ox * gos.x] = store<S>(outside ? A(0) : plan[i].mask * acc_y[i]);
+    gx[oy * gos.y + ox * gos.x] = store<S>(outside ? A(0) : plan[i].mask * acc_x[i]);
+    if (gm) gm[oy * gms.y + ox * gms.x] = store<S>(acc_m[i]);
   }
-  if (e.valid == 15u) {
-    const A v0 = A(load(plane[e.base + co.at[0]])), v1 = A(load(plane[e.base + co.at[1]]));
-    const A v2 = A(load(plane[e.base + co.at[2]])), v3 = A(load(plane[e.base + co.at[3]]));
-    const SampleGrad<A> r = interior_value_and_grad(v0, v1, v2, v3, e.fy, e.fx);
-    ay += gv * r.dy;
-    ax += gv * r.dx;
-    am += gv * r.value;
-    if (col_out) *col_out = store<S>(weighted_sum4(e.wm[0], e.wm[1], e.wm[2], e.wm[3], v0, v1, v2, v3));
-    return;
-  }
-  A v[4];
-  for (int q = 0; q < 4; ++q) v[q] = (e.valid >> q & 1u) ? A(load(plane[e.base + co.at[q]])) : A(0);
-  const SampleGrad<A> r = corner_value_and_grad(e.corners, v[0], v[1], v[2], v[3]);
-  ay += gv * r.dy;
-  ax += gv * r.dx;
-  am += gv * r.value;
-  if (col_out) {
-    // The forward's column with im2col's exact arithmetic (valid corners,
-    // masked weights; 0 when every weight is 0).
-    A col = A(0);
-    for (int q = 0; q < 4; ++q)
-      if (e.valid >> q & 1u) col += e.wm[q] * v[q];
-    const A* w = e.corners.w;
-    *col_out = store<S>(w[0] != A(0) || w[1] != A(0) || w[2] != A(0) || w[3] != A(0) ? col : A(0));
-  }
+}
+
+// float32 channels-last (coord_lanes.h): the group's channels contiguous in
+// the input and, inside one weight-group block, in the columns. A task owns
+// (n, g, a tile of kLaneTile pixels) and every kernel point, so each pixel's
+// columns are read as one run.
+bool channels_last_f32(const Geometry& geo, Strides4 is, ColumnStrides cs) {
+  const int64_t cpg = geo.channels_per_offset_group();
+  if (is.c != 1 || cs.c != 1) return false;
+  for (int64_t g = 0; g < geo.offset_groups; ++g)
+    if ((g * cpg) / cs.block != (g * cpg + cpg - 1) / cs.block) return false;
+  return true;
+}
+
+void coord_grad_channels_last_f32(const Geometry& geo, const float* gcol, ColumnStrides cs,
+                                  const float* input, Strides4 is, const float* offset,
+                                  Strides4 os, const float* mask, Strides4 ms, float* goff,
+                                  Strides4 gos, float* gmask, Strides4 gms, float* cols_out) {
+  const int64_t cpg = geo.channels_per_offset_group();
+  const int64_t K = geo.kernel_points();
+  const int64_t P = geo.out_pixels();
+  const int64_t tiles = ceil_div(P, kLaneTile);
+  const CornerOffsets co(is.y, is.x);
+  parallel_for(geo.batch * geo.offset_groups * tiles, [&](int64_t t) {
+    const int64_t tile = t % tiles;
+    const int64_t g = (t / tiles) % geo.offset_groups;
+    const int64_t n = t / (tiles * geo.offset_groups);
+    const int64_t p0 = tile * kLaneTile, p1 = std::min(P, p0 + kLaneTile);
+    thread_local std::vector<GradEntry<float>> plans;
+    thread_local std::vector<float> acc;
+    plans.resize(size_t(K * kLaneTile));
+    acc.resize(size_t(3 * K * kLaneTile));
+    float* acc_y = acc.data();
+    float* acc_x = acc_y + K * kLaneTile;
+    float* acc_m = acc_x + K * kLaneTile;
+    for (int64_t k = 0; k < K; ++k)
+      build_plan(geo, TileTask{n, g, k, p0, p1}, offset, os, mask, ms, is,
+                 plans.data() + k * kLaneTile);
+    const int64_t at = n * cs.n + cs.channel(g * cpg) + p0 * cs.p;
+    coord_tile_channels_last_f32(plans.data(), K, p1 - p0, input + n * is.n + g * cpg, cpg, co,
+                                 gcol + at, cols_out ? cols_out + at : nullptr, cs.k, cs.p,
+                                 acc_y, acc_x, acc_m);
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t j = k * kLaneTile;
+      write_back(geo, TileTask{n, g, k, p0, p1}, plans.data() + j, acc_y + j, acc_x + j,
+                 acc_m + j, goff, gos, gmask, gms);
+    }
+  });
 }
 
 template <typename S>
@@ -72,33 +113,25 @@ void coord_grad_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const
   using A = acc_t<S>;
   const int64_t cpg = geo.channels_per_offset_group();
   const int64_t K = geo.kernel_points();
+  if constexpr (std::is_same_v<S, float>) {
+    if (channels_last_f32(geo, is, cs))
+      return coord_grad_channels_last_f32(geo, gcol, cs, input, is, offset, os, mask, ms, goff,
+                                          gos, gmask, gms, cols_out);
+  }
   const CornerOffsets co(is.y, is.x);
   parallel_for(num_tile_tasks(geo), [&](int64_t t) {
     const TileTask task = tile_task(geo, t);
     GradEntry<A> plan[kTile];
     A acc_y[kTile], acc_x[kTile], acc_m[kTile];
-    for_each_sample<A>(geo, task, offset, os, mask, ms, [&](int64_t i, A y, A x, A m) {
-      // Unmodulated weights: the mask scales the offset gradient at the end
-      // and does not enter the mask's own gradient.
-      const Corners<A, int64_t> c =
-          bilinear_corners<A, int64_t>(y, x, geo.height, geo.width, is.y, is.x, A(1), true);
-      GradEntry<A>& e = plan[i];
-      e.base = c.base;
-      for (int q = 0; q < 4; ++q) e.wm[q] = m * c.w[q];
-      e.corners = c;
-      e.fy = c.fy;
-      e.fx = c.fx;
-      e.valid = c.valid;
-      e.mask = m;
-      acc_y[i] = acc_x[i] = acc_m[i] = A(0);
-    });
+    build_plan(geo, task, offset, os, mask, ms, is, plan);
+    for (int64_t i = 0; i < task.p1 - task.p0; ++i) acc_y[i] = acc_x[i] = acc_m[i] = A(0);
     const int64_t len = task.p1 - task.p0;
     const S* image = input + task.n * is.n + task.g * cpg * is.c;
     const int64_t col_at = task.n * cs.n + task.k * cs.k + task.p0 * cs.p;
     bool fast = false;
     if constexpr (std::is_same_v<S, float>) {
-      fast = interior_eligible(geo, is, cs);
-      if (fast) {
+      if (!fast && interior_eligible(geo, is, cs)) {
+        fast = true;
         // float32: interior pixels through the vector loop, one channel at a
         // time over the whole tile; the others (listed in ip.border) through
         // the scalar step, with their sums kept in acc_*_border.
@@ -153,21 +186,7 @@ void coord_grad_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const
         acc_m[i] = am;
       }
     }
-    // Write back: pixel p -> (oy, ox).
-    S* gy = goff + task.n * gos.n + (task.g * 2 * K + 2 * task.k) * gos.c;
-    S* gx = gy + gos.c;
-    S* gm = gmask ? gmask + task.n * gms.n + (task.g * K + task.k) * gms.c : nullptr;
-    for (int64_t i = 0; i < len; ++i) {
-      const int64_t p = task.p0 + i;
-      const int64_t oy = p / geo.out_w;
-      const int64_t ox = p - oy * geo.out_w;
-      // A sample outside the gradient region has exactly 0 offset gradient,
-      // even when its mask is NaN or inf (0 * NaN would say otherwise).
-      const bool outside = plan[i].valid == 0u;
-      gy[oy * gos.y + ox * gos.x] = store<S>(outside ? A(0) : plan[i].mask * acc_y[i]);
-      gx[oy * gos.y + ox * gos.x] = store<S>(outside ? A(0) : plan[i].mask * acc_x[i]);
-      if (gm) gm[oy * gms.y + ox * gms.x] = store<S>(acc_m[i]);
-    }
+    write_back(geo, task, plan, acc_y, acc_x, acc_m, goff, gos, gmask, gms);
   });
 }
 

@@ -1,0 +1,33 @@
+// col2im's channels-last inner loop: for the samples of one (kernel point,
+// pixel tile), image[corner q + c] += w[q] * gcol[i][c] over a run of n
+// channels, every valid corner, pixels in order (the four runs of a sample
+// are distinct pixels and never overlap). Element by element the same
+// operations in the same order as the channel-major loop: bitwise equal.
+#pragma once
+#include <cstdint>
+
+#include "plan.h"
+
+namespace dcn::cpu {
+
+template <typename A, typename S>
+inline void scatter_runs(const PlanEntry<A>* plan, int64_t len, A* image, const CornerOffsets& co,
+                         const S* gcol, int64_t col_p, int64_t n) {
+  for (int64_t i = 0; i < len; ++i) {
+    const PlanEntry<A>& e = plan[i];
+    const S* __restrict g = gcol + i * col_p;
+    for (int q = 0; q < 4; ++q) {
+      if (!(e.valid >> q & 1u)) continue;
+      A* __restrict dst = image + e.base + co.at[q];
+      const A w = e.w[q];
+      for (int64_t c = 0; c < n; ++c) dst[c] += w * A(load(g[c]));
+    }
+  }
+}
+
+// float32, built for AVX-512 and AVX2 as well as the baseline (chosen at
+// load time; wider vectors change no result: there is no reduction).
+void scatter_runs_f32(const PlanEntry<float>* plan, int64_t len, float* image,
+                      const CornerOffsets& co, const float* gcol, int64_t col_p, int64_t n);
+
+}  // namespace dcn::cpu
