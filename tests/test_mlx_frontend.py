@@ -473,8 +473,13 @@ def test_views_with_offsets_are_read_in_place():
     f = lambda *a: dcn_mlx.deform_conv2d(*a[:3], a[3], stride=a[4], padding=a[5], dilation=a[6], mask=a[7])  # noqa: E731
     assert _max_diff(f(*args), f(*dense)) == 0.0
     gf = mx.grad(lambda x, o, m: mx.sum(dcn_mlx.deform_conv2d(x, o, w, padding=1, mask=m) ** 2), argnums=(0, 1, 2))
-    for p, q in zip(gf(x, off, m), gf(dense[0], dense[1], dense[7])):
-        assert _max_diff(p, q) == 0.0
+    gv, gd = gf(x, off, m), gf(dense[0], dense[1], dense[7])
+    assert _max_diff(gv[0], gd[0]) == 0.0
+    # Offset and mask gradients: the contiguous copy has unit channel stride,
+    # so float32 sums its channels in 8 lanes (core/cpu/coord_lanes.h), the
+    # view in order: equal up to summation rounding.
+    for p, q in zip(gv[1:], gd[1:]):
+        np.testing.assert_allclose(np.array(p), np.array(q), rtol=1e-5, atol=1e-5)
 
 
 def test_explicit_cpu_stream():

@@ -1,6 +1,5 @@
-// See coord_lanes.h. Built for AVX2 as well as the baseline on x86-64 Linux
-// (chosen at load time by the ifunc resolver of target_clones); the lanes
-// make both clones compute the same bits.
+// See coord_lanes.h. Built for AVX-512 and AVX2 as well as the baseline where
+// clones.h allows; the fixed 8 lanes make every clone compute the same bits.
 #include "coord_lanes.h"
 
 #include <cstring>
@@ -13,12 +12,7 @@
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) && \
-    !defined(DCN_NO_AVX2)
-#define DCN_CLONES __attribute__((target_clones("avx2", "default"), flatten))
-#else
-#define DCN_CLONES __attribute__((flatten))
-#endif
+#include "clones.h"
 
 // Inlined into each clone, so they are compiled for the clone's ISA.
 #define DCN_INLINE inline __attribute__((always_inline))

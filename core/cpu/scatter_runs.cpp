@@ -1,11 +1,6 @@
 #include "scatter_runs.h"
 
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) && \
-    !defined(DCN_NO_AVX2)
-#define DCN_CLONES __attribute__((target_clones("avx512f", "avx2", "default"), flatten))
-#else
-#define DCN_CLONES __attribute__((flatten))
-#endif
+#include "clones.h"
 
 namespace dcn::cpu {
 

@@ -9,6 +9,13 @@
 #elif defined(__CUDACC__) || defined(__HIPCC__)
 #define DCN_FN __host__ __device__ __forceinline__
 #define DCN_CUDA 1
+#elif defined(__GNUC__) || defined(__clang__)
+// Always inlined, as on CUDA: the CPU's vector-lane loops (coord_lanes.cpp)
+// instantiate these with vector types inside functions built for several
+// ISAs, and an out-of-line copy would pass those vectors under a different
+// ABI than its caller expects.
+#define DCN_FN inline __attribute__((always_inline))
+#define DCN_HOST 1
 #else
 #define DCN_FN inline
 #define DCN_HOST 1
