@@ -495,6 +495,21 @@ def test_default_workspace_limit(restore_settings):
     assert dcn_torch.build_info()["workspace_bytes"] == dcn_torch.get_workspace_limit()
 
 
+def test_cpu_chunk_keeps_an_image_per_thread(restore_settings):
+    """The CPU backward's chunk: near the cache target, but with at least
+    ``min_images`` images (one per thread for the channels-last col2im),
+    and never past the workspace budget."""
+    from dcn_torch import _config
+    per_image = _config.CPU_CHUNK_TARGET_BYTES  # the target alone allows one image
+    assert _config.chunk_size(8, per_image) == 1
+    assert _config.chunk_size(8, per_image, min_images=2) == 2
+    assert _config.chunk_size(1, per_image, min_images=2) == 1  # never more than the batch
+    dcn_torch.set_workspace_limit(per_image)  # the budget holds one image: it wins
+    assert _config.chunk_size(8, per_image, min_images=2) == 1
+    dcn_torch.set_workspace_limit(1)  # below one image: still one image
+    assert _config.chunk_size(8, per_image, min_images=2) == 1
+
+
 # ---------------------------------------------------------------------------
 # threads
 # ---------------------------------------------------------------------------
