@@ -231,22 +231,33 @@ def _backward(grad, input, weight, offset, mask, bias, stride, padding, dilation
                     torch.matmul(gv[:, 0].transpose(1, 2), w[0], out=gc.view(nc, P, K * C))
                 else:
                     torch.matmul(wt, gv, out=gc.view(nc, groups, Cg * K, P))
-                if need_in:
-                    gi = grad_input[n0:n1]
-                    ws = None
-                    if deterministic:
-                        size = _C.col2im_workspace_size(gi, off[n0:n1], mc, (kh, kw), p["stride"],
-                                                        p["padding"], p["dilation"])
-                        ws = torch.empty(size, dtype=torch.uint8, device=dev)
-                    _C.col2im(gc, off[n0:n1], mc, gi, (kh, kw), p["stride"], p["padding"],
-                              p["dilation"], stream, ws, pm)
-                if need_off or need_mask:
-                    # Also recomputes the forward's columns (c) on the way.
-                    _C.coord_grad(gc, xc, off[n0:n1], mc, grad_offset[n0:n1],
-                                  None if grad_mask is None else grad_mask[n0:n1], c, (kh, kw),
-                                  p["stride"], p["padding"], p["dilation"], stream, pm)
-                elif need_w:
-                    _sample(xc, off[n0:n1], mc, c, (kh, kw), p, pm)
+                coord = need_off or need_mask
+                if need_in and coord and not cuda:
+                    # One parallel region for both (no core idles between
+                    # them); the forward's columns (c) recomputed on the way.
+                    _C.col2im_and_coord_grad(
+                        gc, xc, off[n0:n1], mc, grad_input[n0:n1], grad_offset[n0:n1],
+                        None if grad_mask is None else grad_mask[n0:n1], c, (kh, kw),
+                        p["stride"], p["padding"], p["dilation"], pm)
+                else:
+                    if need_in:
+                        gi = grad_input[n0:n1]
+                        ws = None
+                        if deterministic:
+                            size = _C.col2im_workspace_size(gi, off[n0:n1], mc, (kh, kw),
+                                                            p["stride"], p["padding"],
+                                                            p["dilation"])
+                            ws = torch.empty(size, dtype=torch.uint8, device=dev)
+                        _C.col2im(gc, off[n0:n1], mc, gi, (kh, kw), p["stride"], p["padding"],
+                                  p["dilation"], stream, ws, pm)
+                    if coord:
+                        # Also recomputes the forward's columns (c) on the way.
+                        _C.coord_grad(gc, xc, off[n0:n1], mc, grad_offset[n0:n1],
+                                      None if grad_mask is None else grad_mask[n0:n1], c,
+                                      (kh, kw), p["stride"], p["padding"], p["dilation"],
+                                      stream, pm)
+                    elif need_w:
+                        _sample(xc, off[n0:n1], mc, c, (kh, kw), p, pm)
             elif need_w:
                 _sample(xc, off[n0:n1], mc, c, (kh, kw), p, pm)
             if need_w and cuda:

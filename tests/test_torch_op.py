@@ -158,6 +158,8 @@ CASES = {
                                       stride=(2, 1), padding=(1, 2), dilation=(2, 1)),
     "depthwise_k1x2_stride2": dict(seed=7, N=2, C=3, O=3, H=5, W=6, kernel=(1, 2), groups=3,
                                    offset_groups=3, stride=(1, 2), padding=(0, 0)),
+    # 8 channels per offset group: the CPU's channels-last path (pixel-major columns).
+    "channels_last_path": dict(seed=8, C=16, O=5, offset_groups=2),
 }
 
 
@@ -516,7 +518,8 @@ def test_cpu_chunk_keeps_an_image_per_thread(restore_settings):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("name", ["basic", "groups2_offset_groups2", "stride_dilation_nonsquare"])
+@pytest.mark.parametrize("name", ["basic", "groups2_offset_groups2", "stride_dilation_nonsquare",
+                                  "channels_last_path"])
 def test_threads_bitwise_identical(name, dtype, restore_settings):
     # big enough that every kernel has many tasks to split
     c = make_case(**{**CASES[name], "N": 3, "H": 23, "W": 29}, dtype=dtype)
@@ -531,6 +534,56 @@ def test_threads_bitwise_identical(name, dtype, restore_settings):
         assert_same(grads, results[0][1])
     dcn_torch.set_num_threads(0)
     assert dcn_torch.get_num_threads() == torch.get_num_threads()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("pixel_major", [False, True])
+@pytest.mark.parametrize("N", [1, 3])
+def test_fused_col2im_and_coord_grad_equals_the_two_calls(N, pixel_major, dtype, restore_settings):
+    """The CPU backward's fused call (one parallel region) gives the bits of
+    col2im and coord_grad called one after the other, columns included."""
+    from dcn_torch import _C
+    g = torch.Generator().manual_seed(31)
+    C, H, W, K = 16, 9, 11, 9
+    fmt = torch.channels_last if pixel_major else torch.contiguous_format
+    x = torch.randn(N, C, H, W, generator=g).to(dtype).contiguous(memory_format=fmt)
+    off = (2 * torch.randn(N, 2 * 2 * K, H, W, generator=g)).to(dtype)
+    m = torch.rand(N, 2 * K, H, W, generator=g).to(dtype)
+    shape = (N, H, W, K * C) if pixel_major else (N, C * K, H, W)
+    gcols = torch.randn(shape, generator=g).to(dtype)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    args = ((3, 3), (1, 1), (1, 1), (1, 1))
+    for threads in (1, 2, 3):
+        dcn_torch.set_num_threads(threads)
+        dcn_torch._config.apply_num_threads()  # what each op call does first
+        outs = []
+        for fused in (False, True):
+            gi = torch.full(x.shape, float("nan"), dtype=acc).contiguous(memory_format=fmt)
+            go, gm = torch.full_like(off, float("nan")), torch.full_like(m, float("nan"))
+            cols = torch.full_like(gcols, float("nan"))
+            if fused:
+                _C.col2im_and_coord_grad(gcols, x, off, m, gi, go, gm, cols, *args, pixel_major)
+            else:
+                _C.col2im(gcols, off, m, gi, *args, 0, None, pixel_major)
+                _C.coord_grad(gcols, x, off, m, go, gm, cols, *args, 0, pixel_major)
+            outs.append((gi, go, gm, cols))
+        for a, b in zip(*outs):
+            assert not a.isnan().any()
+            assert torch.equal(a, b)
+
+
+def test_fused_col2im_and_coord_grad_checks_its_arguments():
+    from dcn_torch import _C
+    x = torch.randn(1, 4, 5, 5)
+    off, m = torch.randn(1, 18, 5, 5), torch.rand(1, 9, 5, 5)
+    gcols = torch.randn(1, 36, 5, 5)
+    args = ((3, 3), (1, 1), (1, 1), (1, 1))
+    with pytest.raises(ValueError, match="grad_offset"):
+        _C.col2im_and_coord_grad(gcols, x, off, m, torch.empty(1, 4, 5, 5),
+                                 torch.empty(1, 17, 5, 5), torch.empty(1, 9, 5, 5), None, *args)
+    with pytest.raises(ValueError, match="grad_input"):
+        _C.col2im_and_coord_grad(gcols, x, off, m, torch.empty(1, 4, 5, 5, dtype=torch.float64),
+                                 torch.empty(1, 18, 5, 5), torch.empty(1, 9, 5, 5), None, *args)
 
 
 def test_two_runs_bitwise_identical():

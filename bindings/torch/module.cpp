@@ -217,40 +217,90 @@ void im2col(const Array& input, const Array& offset, std::optional<Array> mask, 
                    mask ? mask->data() : nullptr, ms, columns.data(), cs);
 }
 
+// Validated arguments of col2im / coord_grad (shared by the fused call).
+struct Col2imArgs {
+  dcn::DType dt;
+  dcn::Geometry g;
+  dcn::ColumnStrides cs;
+  dcn::Strides4 ms;
+};
+
+Col2imArgs col2im_args(const Array& grad_columns, const Array& offset,
+                       const std::optional<Array>& mask, const Array& grad_input, Pair kernel,
+                       Pair stride, Pair padding, Pair dilation, bool pixel_major) {
+  Col2imArgs a;
+  a.dt = dtype_of(grad_columns);
+  a.g = kernel_geometry(grad_input, a.dt, offset, mask, kernel, stride, padding, dilation);
+  a.cs = column_strides(grad_columns, a.g, a.dt, "grad_columns", pixel_major);
+  const dcn::DType acc = a.dt == dcn::DType::Float64 ? dcn::DType::Float64 : dcn::DType::Float32;
+  if (dtype_of(grad_input) != acc)
+    throw std::invalid_argument(std::string("grad_input: expected accumulation dtype ") +
+                                dcn::dtype_name(acc));
+  a.ms = mask ? strides4(*mask) : dcn::Strides4{};
+  return a;
+}
+
+struct CoordArgs {
+  dcn::DType dt;
+  dcn::Geometry g;
+  dcn::ColumnStrides cs;
+  dcn::Strides4 ms, gms;
+};
+
+CoordArgs coord_args(const Array& grad_columns, const Array& input, const Array& offset,
+                     const std::optional<Array>& mask, const Array& grad_offset,
+                     const std::optional<Array>& grad_mask, const std::optional<Array>& columns_out,
+                     Pair kernel, Pair stride, Pair padding, Pair dilation, bool pixel_major) {
+  CoordArgs a;
+  a.dt = dtype_of(input);
+  a.g = kernel_geometry(input, a.dt, offset, mask, kernel, stride, padding, dilation);
+  a.cs = column_strides(grad_columns, a.g, a.dt, "grad_columns", pixel_major);
+  if (columns_out) column_strides(*columns_out, a.g, a.dt, "columns_out", pixel_major);
+  if (bool(mask) != bool(grad_mask))
+    throw std::invalid_argument("grad_mask: must be given exactly when mask is given");
+  const int64_t K = a.g.kernel_points();
+  const int64_t off_shape[4] = {a.g.batch, 2 * a.g.offset_groups * K, a.g.out_h, a.g.out_w};
+  require_shape(grad_offset, off_shape, "grad_offset");
+  if (dtype_of(grad_offset) != a.dt) throw std::invalid_argument("grad_offset: wrong dtype");
+  a.ms = dcn::Strides4{};
+  a.gms = dcn::Strides4{};
+  if (mask) {
+    const int64_t m_shape[4] = {a.g.batch, a.g.offset_groups * K, a.g.out_h, a.g.out_w};
+    require_shape(*grad_mask, m_shape, "grad_mask");
+    if (dtype_of(*grad_mask) != a.dt) throw std::invalid_argument("grad_mask: wrong dtype");
+    a.ms = strides4(*mask);
+    a.gms = strides4(*grad_mask);
+  }
+  return a;
+}
+
 void col2im(const Array& grad_columns, const Array& offset, std::optional<Array> mask,
             Array grad_input, Pair kernel, Pair stride, Pair padding, Pair dilation,
             uintptr_t stream, std::optional<Array> workspace, bool pixel_major) {
   const Place place = on_device({{"grad_columns", &grad_columns}, {"offset", &offset},
                                  {"mask", opt(mask)}, {"grad_input", &grad_input},
                                  {"workspace", opt(workspace)}});
-  const dcn::DType dt = dtype_of(grad_columns);
-  const dcn::Geometry g =
-      kernel_geometry(grad_input, dt, offset, mask, kernel, stride, padding, dilation);
-  const dcn::ColumnStrides cs = column_strides(grad_columns, g, dt, "grad_columns", pixel_major);
-  const dcn::DType acc = dt == dcn::DType::Float64 ? dcn::DType::Float64 : dcn::DType::Float32;
-  if (dtype_of(grad_input) != acc)
-    throw std::invalid_argument(std::string("grad_input: expected accumulation dtype ") +
-                                dcn::dtype_name(acc));
-  const dcn::Strides4 ms = mask ? strides4(*mask) : dcn::Strides4{};
+  const Col2imArgs a = col2im_args(grad_columns, offset, mask, grad_input, kernel, stride,
+                                   padding, dilation, pixel_major);
   nb::gil_scoped_release release;
 #if defined(DCN_WITH_CUDA)
   if (place.cuda) {
     if (workspace) {
       dcn::cuda::col2im_deterministic(
-          dt, g, grad_columns.data(), cs, offset.data(), strides4(offset),
-          mask ? mask->data() : nullptr, ms, grad_input.data(), strides4(grad_input),
+          a.dt, a.g, grad_columns.data(), a.cs, offset.data(), strides4(offset),
+          mask ? mask->data() : nullptr, a.ms, grad_input.data(), strides4(grad_input),
           workspace->data(), workspace->nbytes(), launch_of(place, stream));
     } else {
-      dcn::cuda::col2im(dt, g, grad_columns.data(), cs, offset.data(), strides4(offset),
-                        mask ? mask->data() : nullptr, ms, grad_input.data(),
+      dcn::cuda::col2im(a.dt, a.g, grad_columns.data(), a.cs, offset.data(), strides4(offset),
+                        mask ? mask->data() : nullptr, a.ms, grad_input.data(),
                         strides4(grad_input), launch_of(place, stream));
     }
     return;
   }
 #endif
   (void)stream;  // the CPU kernel is deterministic: no workspace needed
-  dcn::cpu::col2im(dt, g, grad_columns.data(), cs, offset.data(), strides4(offset),
-                   mask ? mask->data() : nullptr, ms, grad_input.data(), strides4(grad_input));
+  dcn::cpu::col2im(a.dt, a.g, grad_columns.data(), a.cs, offset.data(), strides4(offset),
+                   mask ? mask->data() : nullptr, a.ms, grad_input.data(), strides4(grad_input));
 }
 
 void coord_grad(const Array& grad_columns, const Array& input, const Array& offset,
@@ -261,41 +311,51 @@ void coord_grad(const Array& grad_columns, const Array& input, const Array& offs
                                  {"offset", &offset}, {"mask", opt(mask)},
                                  {"grad_offset", &grad_offset}, {"grad_mask", opt(grad_mask)},
                                  {"columns_out", opt(columns_out)}});
-  const dcn::DType dt = dtype_of(input);
-  const dcn::Geometry g = kernel_geometry(input, dt, offset, mask, kernel, stride, padding, dilation);
-  const dcn::ColumnStrides cs = column_strides(grad_columns, g, dt, "grad_columns", pixel_major);
-  if (columns_out) column_strides(*columns_out, g, dt, "columns_out", pixel_major);
-  if (bool(mask) != bool(grad_mask))
-    throw std::invalid_argument("grad_mask: must be given exactly when mask is given");
-  const int64_t K = g.kernel_points();
-  const int64_t off_shape[4] = {g.batch, 2 * g.offset_groups * K, g.out_h, g.out_w};
-  require_shape(grad_offset, off_shape, "grad_offset");
-  if (dtype_of(grad_offset) != dt) throw std::invalid_argument("grad_offset: wrong dtype");
-  dcn::Strides4 ms{}, gms{};
-  if (mask) {
-    const int64_t m_shape[4] = {g.batch, g.offset_groups * K, g.out_h, g.out_w};
-    require_shape(*grad_mask, m_shape, "grad_mask");
-    if (dtype_of(*grad_mask) != dt) throw std::invalid_argument("grad_mask: wrong dtype");
-    ms = strides4(*mask);
-    gms = strides4(*grad_mask);
-  }
+  const CoordArgs a = coord_args(grad_columns, input, offset, mask, grad_offset, grad_mask,
+                                 columns_out, kernel, stride, padding, dilation, pixel_major);
   nb::gil_scoped_release release;
 #if defined(DCN_WITH_CUDA)
   if (place.cuda) {
-    dcn::cuda::coord_grad(dt, g, grad_columns.data(), cs, input.data(), strides4(input),
-                          offset.data(), strides4(offset), mask ? mask->data() : nullptr, ms,
+    dcn::cuda::coord_grad(a.dt, a.g, grad_columns.data(), a.cs, input.data(), strides4(input),
+                          offset.data(), strides4(offset), mask ? mask->data() : nullptr, a.ms,
                           grad_offset.data(), strides4(grad_offset),
-                          grad_mask ? grad_mask->data() : nullptr, gms,
+                          grad_mask ? grad_mask->data() : nullptr, a.gms,
                           columns_out ? columns_out->data() : nullptr, launch_of(place, stream));
     return;
   }
 #endif
   (void)stream;
-  dcn::cpu::coord_grad(dt, g, grad_columns.data(), cs, input.data(), strides4(input),
-                       offset.data(), strides4(offset), mask ? mask->data() : nullptr, ms,
+  dcn::cpu::coord_grad(a.dt, a.g, grad_columns.data(), a.cs, input.data(), strides4(input),
+                       offset.data(), strides4(offset), mask ? mask->data() : nullptr, a.ms,
                        grad_offset.data(), strides4(grad_offset),
-                       grad_mask ? grad_mask->data() : nullptr, gms,
+                       grad_mask ? grad_mask->data() : nullptr, a.gms,
                        columns_out ? columns_out->data() : nullptr);
+}
+
+// CPU only: col2im and coord_grad in one parallel region (dcn/cpu.h).
+void col2im_and_coord_grad(const Array& grad_columns, const Array& input, const Array& offset,
+                           std::optional<Array> mask, Array grad_input, Array grad_offset,
+                           std::optional<Array> grad_mask, std::optional<Array> columns_out,
+                           Pair kernel, Pair stride, Pair padding, Pair dilation,
+                           bool pixel_major) {
+  const Place place = on_device({{"grad_columns", &grad_columns}, {"input", &input},
+                                 {"offset", &offset}, {"mask", opt(mask)},
+                                 {"grad_input", &grad_input}, {"grad_offset", &grad_offset},
+                                 {"grad_mask", opt(grad_mask)}, {"columns_out", opt(columns_out)}});
+  if (place.cuda)
+    throw std::invalid_argument(
+        "col2im_and_coord_grad: CPU tensors only (on CUDA call col2im and coord_grad)");
+  const Col2imArgs c = col2im_args(grad_columns, offset, mask, grad_input, kernel, stride,
+                                   padding, dilation, pixel_major);
+  const CoordArgs a = coord_args(grad_columns, input, offset, mask, grad_offset, grad_mask,
+                                 columns_out, kernel, stride, padding, dilation, pixel_major);
+  if (c.dt != a.dt) throw std::invalid_argument("grad_columns: expected the input's dtype");
+  nb::gil_scoped_release release;
+  dcn::cpu::col2im_and_coord_grad(
+      a.dt, a.g, grad_columns.data(), a.cs, input.data(), strides4(input), offset.data(),
+      strides4(offset), mask ? mask->data() : nullptr, a.ms, grad_input.data(),
+      strides4(grad_input), grad_offset.data(), strides4(grad_offset),
+      grad_mask ? grad_mask->data() : nullptr, a.gms, columns_out ? columns_out->data() : nullptr);
 }
 
 // Bytes of device scratch the deterministic CUDA col2im needs for this call
@@ -366,6 +426,14 @@ NB_MODULE(_C, m) {
         nb::arg("grad_mask").noconvert().none(), nb::arg("columns_out").noconvert().none(),
         nb::arg("kernel"), nb::arg("stride"), nb::arg("padding"), nb::arg("dilation"),
         nb::arg("stream") = 0, nb::arg("pixel_major") = false);
+  m.def("col2im_and_coord_grad", &col2im_and_coord_grad, nb::arg("grad_columns").noconvert(),
+        nb::arg("input").noconvert(), nb::arg("offset").noconvert(),
+        nb::arg("mask").noconvert().none(), nb::arg("grad_input").noconvert(),
+        nb::arg("grad_offset").noconvert(), nb::arg("grad_mask").noconvert().none(),
+        nb::arg("columns_out").noconvert().none(), nb::arg("kernel"), nb::arg("stride"),
+        nb::arg("padding"), nb::arg("dilation"), nb::arg("pixel_major") = false,
+        "CPU: col2im and coord_grad in one parallel region (the same results as the two "
+        "calls; no core waits at a barrier between them).");
   m.def("set_num_threads", &dcn::cpu::set_num_threads, nb::arg("n"));
   m.def("get_num_threads", &dcn::cpu::get_num_threads);
 }

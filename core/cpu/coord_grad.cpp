@@ -12,6 +12,7 @@
 #include "interior.h"
 #include "parallel.h"
 #include "plan.h"
+#include "tasks.h"
 
 namespace dcn::cpu {
 namespace {
@@ -70,16 +71,18 @@ bool channels_last_f32(const Geometry& geo, Strides4 is, ColumnStrides cs) {
   return true;
 }
 
-void coord_grad_channels_last_f32(const Geometry& geo, const float* gcol, ColumnStrides cs,
-                                  const float* input, Strides4 is, const float* offset,
-                                  Strides4 os, const float* mask, Strides4 ms, float* goff,
-                                  Strides4 gos, float* gmask, Strides4 gms, float* cols_out) {
+Tasks coord_grad_channels_last_f32(const Geometry& geo, const float* gcol, ColumnStrides cs,
+                                   const float* input, Strides4 is, const float* offset,
+                                   Strides4 os, const float* mask, Strides4 ms, float* goff,
+                                   Strides4 gos, float* gmask, Strides4 gms, float* cols_out) {
   const int64_t cpg = geo.channels_per_offset_group();
   const int64_t K = geo.kernel_points();
   const int64_t P = geo.out_pixels();
   const int64_t tiles = ceil_div(P, kLaneTile);
   const CornerOffsets co(is.y, is.x);
-  parallel_for(geo.batch * geo.offset_groups * tiles, [&](int64_t t) {
+  Tasks tasks;
+  tasks.count = geo.batch * geo.offset_groups * tiles;
+  tasks.run = [=](int64_t t) {
     const int64_t tile = t % tiles;
     const int64_t g = (t / tiles) % geo.offset_groups;
     const int64_t n = t / (tiles * geo.offset_groups);
@@ -103,13 +106,14 @@ void coord_grad_channels_last_f32(const Geometry& geo, const float* gcol, Column
       write_back(geo, TileTask{n, g, k, p0, p1}, plans.data() + j, acc_y + j, acc_x + j,
                  acc_m + j, goff, gos, gmask, gms);
     }
-  });
+  };
+  return tasks;
 }
 
 template <typename S>
-void coord_grad_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const S* input,
+Tasks coord_grad_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const S* input,
                      Strides4 is, const S* offset, Strides4 os, const S* mask, Strides4 ms,
-                     S* goff, Strides4 gos, S* gmask, Strides4 gms, S* cols_out) {
+                      S* goff, Strides4 gos, S* gmask, Strides4 gms, S* cols_out) {
   using A = acc_t<S>;
   const int64_t cpg = geo.channels_per_offset_group();
   const int64_t K = geo.kernel_points();
@@ -119,7 +123,9 @@ void coord_grad_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const
                                           gos, gmask, gms, cols_out);
   }
   const CornerOffsets co(is.y, is.x);
-  parallel_for(num_tile_tasks(geo), [&](int64_t t) {
+  Tasks tasks;
+  tasks.count = num_tile_tasks(geo);
+  tasks.run = [=](int64_t t) {
     const TileTask task = tile_task(geo, t);
     GradEntry<A> plan[kTile];
     A acc_y[kTile], acc_x[kTile], acc_m[kTile];
@@ -187,24 +193,57 @@ void coord_grad_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const
       }
     }
     write_back(geo, task, plan, acc_y, acc_x, acc_m, goff, gos, gmask, gms);
-  });
+  };
+  return tasks;
 }
 
 }  // namespace
+
+Tasks coord_grad_tasks(DType dtype, const Geometry& geo, const void* grad_columns,
+                       ColumnStrides columns_s, const void* input, Strides4 input_s,
+                       const void* offset, Strides4 offset_s, const void* mask, Strides4 mask_s,
+                       void* grad_offset, Strides4 grad_offset_s, void* grad_mask,
+                       Strides4 grad_mask_s, void* columns_out) {
+  Tasks tasks;
+  dispatch_storage(dtype, [&](auto tag) {
+    using S = decltype(tag);
+    tasks = coord_grad_impl<S>(geo, static_cast<const S*>(grad_columns), columns_s,
+                               static_cast<const S*>(input), input_s,
+                               static_cast<const S*>(offset), offset_s,
+                               static_cast<const S*>(mask), mask_s, static_cast<S*>(grad_offset),
+                               grad_offset_s, static_cast<S*>(grad_mask), grad_mask_s,
+                               static_cast<S*>(columns_out));
+  });
+  return tasks;
+}
 
 void coord_grad(DType dtype, const Geometry& geo, const void* grad_columns,
                 ColumnStrides columns_s, const void* input, Strides4 input_s, const void* offset,
                 Strides4 offset_s, const void* mask, Strides4 mask_s, void* grad_offset,
                 Strides4 grad_offset_s, void* grad_mask, Strides4 grad_mask_s,
                 void* columns_out) {
-  dispatch_storage(dtype, [&](auto tag) {
-    using S = decltype(tag);
-    coord_grad_impl<S>(geo, static_cast<const S*>(grad_columns), columns_s,
-                       static_cast<const S*>(input), input_s, static_cast<const S*>(offset),
-                       offset_s, static_cast<const S*>(mask), mask_s,
-                       static_cast<S*>(grad_offset), grad_offset_s, static_cast<S*>(grad_mask),
-                       grad_mask_s, static_cast<S*>(columns_out));
-  });
+  const Tasks tasks =
+      coord_grad_tasks(dtype, geo, grad_columns, columns_s, input, input_s, offset, offset_s,
+                       mask, mask_s, grad_offset, grad_offset_s, grad_mask, grad_mask_s,
+                       columns_out);
+  parallel_for(tasks.count, tasks.run);
+}
+
+void col2im_and_coord_grad(DType dtype, const Geometry& geo, const void* grad_columns,
+                           ColumnStrides columns_s, const void* input, Strides4 input_s,
+                           const void* offset, Strides4 offset_s, const void* mask,
+                           Strides4 mask_s, void* grad_input, Strides4 grad_input_s,
+                           void* grad_offset, Strides4 grad_offset_s, void* grad_mask,
+                           Strides4 grad_mask_s, void* columns_out) {
+  const Tasks a = col2im_tasks(dtype, geo, grad_columns, columns_s, offset, offset_s, mask,
+                               mask_s, grad_input, grad_input_s);
+  const Tasks b =
+      coord_grad_tasks(dtype, geo, grad_columns, columns_s, input, input_s, offset, offset_s,
+                       mask, mask_s, grad_offset, grad_offset_s, grad_mask, grad_mask_s,
+                       columns_out);
+  // col2im's tasks first: they are few and long, and a core that finishes
+  // one takes coord_grad's short tiles while another still scatters.
+  parallel_for(a.count + b.count, [&](int64_t t) { t < a.count ? a.run(t) : b.run(t - a.count); });
 }
 
 }  // namespace dcn::cpu
