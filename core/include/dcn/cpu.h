@@ -46,7 +46,8 @@ void coord_grad(DType dtype, const Geometry& geo, const void* grad_columns,
 // col2im and coord_grad in one call, bitwise the same results: their tasks
 // share one parallel region, so cores never wait at a barrier between the
 // two (col2im has one long task per image and group; on one image the other
-// cores would idle). Measured on 1x64x32x32, 2 threads: 0.83 -> 0.xx ms.
+// cores would idle). Measured channels-last on 1x64x32x32, 2 threads: the
+// two calls 0.75-0.80 ms, this one 0.55-0.56 ms.
 void col2im_and_coord_grad(DType dtype, const Geometry& geo, const void* grad_columns,
                            ColumnStrides columns_s, const void* input, Strides4 input_s,
                            const void* offset, Strides4 offset_s, const void* mask,
