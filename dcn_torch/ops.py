@@ -196,9 +196,9 @@ def _backward(grad, input, weight, offset, mask, bias, stride, padding, dilation
     deterministic = cuda and _config.deterministic()
     # col2im and coord_grad write every element: no zero fill needed.
     pm = _pixel_major(input, geo)  # channels-last sampling, as in the forward
-    fmt = torch.channels_last if pm else torch.contiguous_format
-    grad_input = (torch.empty(input.shape, dtype=acc, device=dev, memory_format=fmt)
-                  if need_in else None)
+    # NCHW even with pixel-major columns: col2im then scatters channels-last
+    # into its own scratch and writes this layout out (no transposing copy).
+    grad_input = torch.empty(input.shape, dtype=acc, device=dev) if need_in else None
     grad_weight = torch.zeros((groups, Og, Cg * K), dtype=acc, device=dev) if need_w else None
     grad_offset = offset.new_empty(offset.shape) if (need_off or need_mask) else None
     grad_mask = mask.new_empty(mask.shape) if (mask is not None and (need_off or need_mask)) else None
