@@ -16,7 +16,8 @@ struct GradEntry {
   A fy, fx;
   A wm[4];  // mask * w, rounded exactly as im2col's plan: identical columns
   A mask;
-  Corners<A, int64_t> corners;  // unmodulated weights and their derivatives
+  Corners<A, int64_t> corners;  // unmodulated weights and their derivatives;
+                                // set only when valid != 15 (the only readers)
 };
 
 // One sample, one channel: adds grad_column gv times d(value)/dy, d/dx and
