@@ -102,6 +102,23 @@ def _pixel_major(input: Tensor, geo: dict) -> bool:
             and geo["channels"] // geo["offset_groups"] >= PIXEL_MAJOR_MIN_CHANNELS)
 
 
+def _layout(weight: Tensor, geo: dict, pixel_major: bool):
+    """The weight as (groups, O/groups, reduction) with its reduction index in
+    the columns' order, and the columns' shape for a chunk of n images:
+    pixel-major (n, Ho, Wo, kh*kw*C), reduction k*C + c (the weight permuted
+    to (O, kh, kw, C)), or channel-major (n, C*kh*kw, Ho, Wo), reduction
+    c*K + k (the weight as it is)."""
+    C, O, groups = geo["channels"], geo["out_channels"], geo["groups"]
+    kh, kw = geo["kernel"]
+    Ho, Wo = geo["out_size"]
+    K = kh * kw
+    if pixel_major:
+        w = _detached(weight).permute(0, 2, 3, 1).reshape(1, O, K * C)
+        return w, lambda n: (n, Ho, Wo, K * C)
+    w = _detached(weight).reshape(groups, O // groups, (C // groups) * K)
+    return w, lambda n: (n, C * K, Ho, Wo)
+
+
 def _chunk(geo: dict, bytes_per_image: int, device: torch.device, deterministic: bool,
            pixel_major: bool = False) -> int:
     """Images per batch chunk: the columns fit the workspace budget and, for
@@ -145,13 +162,8 @@ def _forward(input, weight, offset, mask, bias, stride, padding, dilation):
     ws = _workspace.get(chunk * C * K * P, input.dtype, input.device)
     p = _params(stride, padding, dilation)
     pixel_major = _pixel_major(input, geo)
-    if pixel_major:
-        # (O, kh, kw, C): the weight's reduction index k*C + c, as the columns'.
-        w = _detached(weight).permute(0, 2, 3, 1).reshape(O, K * C)
-        cols = ws.view(chunk, Ho, Wo, K * C)
-    else:
-        w = _detached(weight).reshape(groups, O // groups, (C // groups) * K)
-        cols = ws.view(chunk, C * K, Ho, Wo)
+    w, col_shape = _layout(weight, geo, pixel_major)
+    cols = ws.view(col_shape(chunk))
     for n0 in range(0, N, chunk):
         n1 = min(N, n0 + chunk)
         c = cols[: n1 - n0]
@@ -161,7 +173,7 @@ def _forward(input, weight, offset, mask, bias, stride, padding, dilation):
             xc = x[n0:n1].contiguous(memory_format=torch.channels_last)
             _sample(xc, off[n0:n1], mc, c, (kh, kw), p, pixel_major=True)
             # out[n] = w @ cols[n]^T: a batched GEMM written into the output.
-            torch.matmul(w, c.view(n1 - n0, P, K * C).transpose(1, 2),
+            torch.matmul(w[0], c.view(n1 - n0, P, K * C).transpose(1, 2),
                          out=out[n0:n1].view(n1 - n0, O, P))
         else:
             _sample(x[n0:n1], off[n0:n1], mc, c, (kh, kw), p)
@@ -206,14 +218,11 @@ def _backward(grad, input, weight, offset, mask, bias, stride, padding, dilation
     if N > 0 and (need_in or need_w or need_off or need_mask):
         x, off, m = _detached(input), _detached(offset), _detached(mask)
         g = grad.detach().contiguous()
-        if pm:  # columns (n, P, K*C), the weight as (O, kh, kw, C)
-            w = _detached(weight).permute(0, 2, 3, 1).reshape(1, O, K * C)
-        else:
-            w = _detached(weight).reshape(groups, Og, Cg * K)
+        w, col_shape = _layout(weight, geo, pm)
         wt = w.transpose(1, 2)
         p = _params(stride, padding, dilation)
         chunk = _chunk(geo, C * K * P * input.element_size(), dev, deterministic, pm)
-        shape = (chunk, Ho, Wo, C * K) if pm else (chunk, C * K, Ho, Wo)
+        shape = col_shape(chunk)
         numel = chunk * C * K * P
         cols = _workspace.get(numel, input.dtype, input.device, 0).view(shape) if need_w else None
         gcols = (_workspace.get(numel, input.dtype, input.device, 1).view(shape)
