@@ -23,7 +23,6 @@ Run with ``pytest -m cuda_emulated``.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -35,6 +34,11 @@ import pytest
 pytestmark = pytest.mark.cuda_emulated
 
 ROOT = Path(__file__).resolve().parents[1]
+try:
+    from emulation.sanitizers import ASAN, TSAN, sanitizer_env
+except ImportError:  # pragma: no cover - depends on pytest's import mode
+    sys.path.insert(0, str(ROOT / "tests"))
+    from emulation.sanitizers import ASAN, TSAN, sanitizer_env
 CUDA_SOURCES = sorted(p for p in (ROOT / "core" / "cuda").glob("*.cu") if p.name != "info.cu")
 CPU_SOURCES = sorted((ROOT / "core" / "cpu").glob("*.cpp")) + [ROOT / "core" / "validate.cpp"]
 HARNESS = ROOT / "tests" / "cuda" / "harness.cpp"
@@ -47,12 +51,11 @@ INCLUDES = [f"-I{SHIM}", f"-I{ROOT / 'core' / 'include'}", f"-I{ROOT / 'core' / 
 BASE = ["-std=c++17", "-O0", "-g", "-ffp-contract=off", "-fno-omit-frame-pointer",
         "-include", str(SHIM / "cuda_shim.h")]
 VARIANTS = {
-    "asan": ["-fsanitize=address,undefined,float-cast-overflow", "-fno-sanitize-recover=all"],
+    "asan": ASAN,
     # every launch on the 64-bit index path, and at most 2 blocks: the
     # grid-stride loops run several steps per thread
-    "asan_int64": ["-fsanitize=address,undefined,float-cast-overflow", "-fno-sanitize-recover=all",
-                   "-DDCN_CUDA_INT32_LIMIT=0", "-DDCN_CUDA_MAX_BLOCKS=2"],
-    "tsan": ["-fsanitize=thread"],
+    "asan_int64": ASAN + ["-DDCN_CUDA_INT32_LIMIT=0", "-DDCN_CUDA_MAX_BLOCKS=2"],
+    "tsan": TSAN,
     "plain": [],
 }
 
@@ -164,17 +167,9 @@ def _special_cases(tmp_path: Path):
     return out
 
 
-def _env():
-    env = dict(os.environ)
-    env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
-    env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
-    env.setdefault("TSAN_OPTIONS", "halt_on_error=1:exitcode=66")
-    return env
-
-
 def _run(exe, mode, files):
     r = subprocess.run([str(exe), "--mode", mode, *map(str, files)], capture_output=True,
-                       text=True, env=_env(), timeout=600)
+                       text=True, env=sanitizer_env(), timeout=600)
     tail = (r.stdout + r.stderr)[-6000:]
     assert r.returncode == 0, f"harness exited {r.returncode}:\n{tail}"
     assert "MISMATCH" not in r.stdout, tail

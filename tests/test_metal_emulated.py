@@ -33,6 +33,11 @@ import pytest
 pytestmark = pytest.mark.metal_emulated
 
 ROOT = Path(__file__).resolve().parents[1]
+try:
+    from emulation.sanitizers import ASAN, TSAN, sanitizer_env
+except ImportError:  # pragma: no cover - depends on pytest's import mode
+    sys.path.insert(0, str(ROOT / "tests"))
+    from emulation.sanitizers import ASAN, TSAN, sanitizer_env
 METAL_SOURCES = sorted((ROOT / "core" / "metal").glob("*.metal"))
 CPU_SOURCES = sorted((ROOT / "core" / "cpu").glob("*.cpp")) + [ROOT / "core" / "validate.cpp"]
 HARNESS = ROOT / "tests" / "metal" / "harness.cpp"
@@ -48,8 +53,8 @@ INCLUDES = [
 # and sanitizer builds at -O1 take ~8x longer to compile.
 BASE_FLAGS = ["-std=c++17", "-O0", "-g", "-ffp-contract=off", "-fno-omit-frame-pointer"]
 SANITIZERS = {
-    "asan": ["-fsanitize=address,undefined,float-cast-overflow", "-fno-sanitize-recover=all"],
-    "tsan": ["-fsanitize=thread"],
+    "asan": ASAN,
+    "tsan": TSAN,
 }
 WARNINGS = ["-Wall", "-Wextra", "-Werror"]
 
@@ -184,14 +189,6 @@ def harnesses(tmp_path_factory):
     return built
 
 
-def _env():
-    env = dict(os.environ)
-    env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
-    env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
-    env.setdefault("TSAN_OPTIONS", "halt_on_error=1:exitcode=66")
-    return env
-
-
 def _check(result):
     tail = (result.stdout + result.stderr)[-6000:]
     assert result.returncode == 0, f"harness exited {result.returncode}:\n{tail}"
@@ -224,7 +221,7 @@ def test_every_kernel_has_a_host_name():
 def test_kernels_match_cpu_under_asan_ubsan(harnesses, case):
     exe, log = harnesses["asan"]
     assert exe is not None, f"ASan/UBSan build failed:\n{log[-6000:]}"
-    r = _run([str(exe), case], env=_env(), timeout=120)
+    r = _run([str(exe), case], env=sanitizer_env(), timeout=120)
     _check(r)
     # 3 dtypes x (im2col, atomic col2im, 2 deterministic col2im, offset grad [, mask grad])
     per_dtype = 6 if "mask=1" in case else 5
@@ -238,7 +235,7 @@ def test_conformance_cases_under_asan_ubsan(harnesses, tmp_path):
     assert exe is not None, f"ASan/UBSan build failed:\n{log[-6000:]}"
     table = _conformance_cases()
     args = [_conformance_arg(c, tmp_path) for c in table]
-    r = _run([str(exe), *args], env=_env(), timeout=300)
+    r = _run([str(exe), *args], env=sanitizer_env(), timeout=300)
     _check(r)
     assert len(table) >= 20, len(table)
     assert all(f"file={tmp_path / c.name}.f32" in r.stdout for c in table if c.N > 0)
@@ -253,7 +250,7 @@ def test_atomic_and_parallel_paths_under_tsan(harnesses, tmp_path):
         extra = [_conformance_arg(c, tmp_path) for c in _conformance_cases()]
     except ImportError:  # numpy missing: the built-in cases still run
         pass
-    r = _run([str(exe), "--workers", "4", *[c for _, c in CASES], *extra], env=_env(),
+    r = _run([str(exe), "--workers", "4", *[c for _, c in CASES], *extra], env=sanitizer_env(),
              timeout=300)
     assert "ThreadSanitizer" not in r.stderr, r.stderr[-6000:]
     _check(r)
@@ -265,7 +262,7 @@ def test_builtin_cases_with_clang(tmp_path):
         pytest.skip("clang++ not installed")
     exe, log = _build("clang++", "asan", tmp_path / "clang-asan")
     assert exe is not None, f"clang build failed:\n{log[-6000:]}"
-    _check(_run([str(exe), *[c for _, c in CASES[:4]], CASES[7][1]], env=_env(), timeout=120))
+    _check(_run([str(exe), *[c for _, c in CASES[:4]], CASES[7][1]], env=sanitizer_env(), timeout=120))
 
 
 @pytest.mark.parametrize("source", METAL_SOURCES, ids=lambda p: p.name)
@@ -315,6 +312,6 @@ def test_planted_bug_is_caught(harnesses, tmp_path, name, san, source, old, new,
     d = _planted(tmp_path, source, old, new)
     exe, log = _build("g++", san, tmp_path / "build", metal_dir=d, cpu_objs=_cpu_objs(base))
     assert exe is not None, log[-6000:]
-    r = _run([str(exe), "--workers", "4", *[c for _, c in CASES]], env=_env(), timeout=300)
+    r = _run([str(exe), "--workers", "4", *[c for _, c in CASES]], env=sanitizer_env(), timeout=300)
     assert r.returncode != 0, f"planted bug {name} went unnoticed:\n{r.stdout[-3000:]}"
     assert evidence in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
