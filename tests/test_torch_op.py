@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import textwrap
 import threading
 
 import numpy as np
@@ -582,6 +583,37 @@ def test_fused_col2im_and_coord_grad_equals_the_two_calls(N, pixel_major, dtype,
             for a, b in zip(outs[0], other):
                 assert not a.isnan().any()
                 assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS is Linux's")
+def test_col2im_scratch_out_of_memory_is_a_memory_error(tmp_path):
+    """col2im's per-task scratch (pixel-major columns, NCHW grad_input) is
+    allocated on a worker thread; when that fails the call raises
+    MemoryError on the caller's thread instead of terminating the process."""
+    import subprocess
+    code = textwrap.dedent("""
+        import resource, torch, dcn_torch
+        from dcn_torch import _C
+        C, H, W, K = 128, 256, 256, 9
+        gcols = torch.zeros(1, 8, 8, K * C)  # tiny columns: only the scratch is big
+        off, m = torch.zeros(1, 18, 8, 8), torch.ones(1, 9, 8, 8)
+        gi = torch.empty(1, C, H, W)  # 8x8 output at stride 32
+        args = ((3, 3), (32, 32), (1, 1), (1, 1))
+        _C.col2im(gcols, off, m, gi, *args, 0, None, True)  # threads and code in place
+        used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+        hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+        resource.setrlimit(resource.RLIMIT_AS, (used + (8 << 20), hard))  # scratch: 32 MiB
+        try:
+            _C.col2im(gcols, off, m, gi, *args, 0, None, True)
+            print("no error")
+        except MemoryError:
+            print("MemoryError")
+    """)
+    # Run outside the checkout, so that the installed package is imported.
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "MemoryError", r.stdout + r.stderr[-2000:]
 
 
 def test_fused_col2im_and_coord_grad_checks_its_arguments():

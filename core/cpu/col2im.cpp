@@ -7,7 +7,9 @@
 // count and any run. The plan is computed once per (k, tile) for the whole
 // block of channels.
 #include <algorithm>
+#include <atomic>
 #include <memory>
+#include <new>
 #include <type_traits>
 #include <vector>
 
@@ -79,6 +81,10 @@ Tasks col2im_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const S*
 
   Tasks tasks;
   tasks.count = outer * blocks;
+  auto out_of_memory = std::make_shared<std::atomic<bool>>(false);
+  tasks.finish = [out_of_memory] {
+    if (*out_of_memory) throw std::bad_alloc();
+  };
   tasks.run = [=](int64_t t) {
     const int64_t b = t % blocks;
     const int64_t g = (t / blocks) % geo.offset_groups;
@@ -89,7 +95,11 @@ Tasks col2im_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const S*
     const int64_t HW = geo.height * geo.width;
     std::unique_ptr<A[]> scratch;
     if (via_scratch) {
-      scratch.reset(new A[size_t(HW * block)]);
+      scratch.reset(new (std::nothrow) A[size_t(HW * block)]);
+      if (!scratch) {
+        *out_of_memory = true;  // thrown by finish(), on the calling thread
+        return;
+      }
       std::fill_n(scratch.get(), HW * block, A(0));
     } else if (channels_last) {
       A* first = grad + n * gs.n + g * cpg + cg0;
@@ -218,6 +228,7 @@ void col2im(DType dtype, const Geometry& geo, const void* grad_columns, ColumnSt
   const Tasks tasks = col2im_tasks(dtype, geo, grad_columns, columns_s, offset, offset_s, mask,
                                    mask_s, grad_input, grad_input_s);
   parallel_for(tasks.count, tasks.run);
+  tasks.finish();
 }
 
 }  // namespace dcn::cpu

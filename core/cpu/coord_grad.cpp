@@ -230,6 +230,7 @@ void coord_grad(DType dtype, const Geometry& geo, const void* grad_columns,
                        mask, mask_s, grad_offset, grad_offset_s, grad_mask, grad_mask_s,
                        columns_out);
   parallel_for(tasks.count, tasks.run);
+  tasks.finish();
 }
 
 void col2im_and_coord_grad(DType dtype, const Geometry& geo, const void* grad_columns,
@@ -247,6 +248,8 @@ void col2im_and_coord_grad(DType dtype, const Geometry& geo, const void* grad_co
   // col2im's tasks first: they are few and long, and a core that finishes
   // one takes coord_grad's short tiles while another still scatters.
   parallel_for(a.count + b.count, [&](int64_t t) { t < a.count ? a.run(t) : b.run(t - a.count); });
+  a.finish();
+  b.finish();
 }
 
 }  // namespace dcn::cpu

@@ -14,6 +14,9 @@ namespace dcn::cpu {
 struct Tasks {
   int64_t count = 0;
   std::function<void(int64_t)> run;
+  // Called on the calling thread once every task has run: throws what a
+  // task could not (an exception must not leave a worker thread).
+  std::function<void()> finish = [] {};
 };
 
 // The tasks of col2im and coord_grad (same arguments as in dcn/cpu.h); a
