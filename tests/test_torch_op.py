@@ -320,6 +320,8 @@ GRADCHECK_CASES = {
     "groups2_bias_only": dict(seed=5, N=2, C=4, O=4, H=3, W=3, groups=2, use_mask=False),
     "stride_dilation_nonsquare": CASES["stride_dilation_nonsquare"],
     "depthwise_k1x2_stride2": CASES["depthwise_k1x2_stride2"],
+    # 8 channels per offset group: the CPU's channels-last path.
+    "channels_last_path": dict(seed=8, N=1, C=16, O=2, H=4, W=3, offset_groups=2),
 }
 
 
