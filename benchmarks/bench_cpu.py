@@ -16,12 +16,12 @@ import os
 import platform
 import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 import dcn_torch
+from timing import wall_times_ms  # benchmarks/ is on sys.path for a script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
@@ -34,14 +34,7 @@ CONFIGS = {
 
 
 def timeit(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return statistics.median(wall_times_ms(fn, repeats, warmup))
 
 
 def make_inputs(cfg, seed=0):

@@ -44,13 +44,13 @@ import shlex
 import statistics
 import subprocess
 import sys
-import time
 from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
 
 import dcn_torch
+from timing import wall_times_ms  # benchmarks/ is on sys.path for a script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -146,14 +146,7 @@ def time_cuda(fn: Callable[[], None], repeats: int, warmup: int) -> dict:
 
 
 def time_cpu(fn: Callable[[], None], repeats: int, warmup: int) -> dict:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return _summary(times)
+    return _summary(wall_times_ms(fn, repeats, warmup))
 
 
 def _error_text(e: BaseException) -> str:
