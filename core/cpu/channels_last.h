@@ -80,10 +80,7 @@ void im2col_channels_last(const Geometry& geo, const S* input, Strides4 is, cons
     PlanEntry<A> plan[kPixels];
     for (int64_t k = 0; k < K; ++k) {
       const TileTask task{n, g, k, tile * kPixels, std::min(P, (tile + 1) * kPixels)};
-      for_each_sample<A>(geo, task, offset, os, mask, ms, [&](int64_t i, A y, A x, A m) {
-        plan[i] = plan_entry(bilinear_corners<A, int64_t>(y, x, geo.height, geo.width, is.y,
-                                                           is.x, m, false));
-      });
+      build_value_plan(geo, task, offset, os, mask, ms, is.y, is.x, plan);
       for (int64_t i = 0; i < task.p1 - task.p0; ++i) {
         S* col = columns + n * cs.n + k * cs.k + (task.p0 + i) * cs.p;
         for_each_channel_run(cs, c0, c0 + cpg, [&](int64_t a, int64_t b) {

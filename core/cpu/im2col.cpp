@@ -79,12 +79,8 @@ void im2col_impl(const Geometry& geo, const S* input, Strides4 is, const S* offs
     thread_local std::vector<PlanEntry<A>> plans;
     plans.resize(size_t(K * kTile));
     for (int64_t k = 0; k < K; ++k) {
-      PlanEntry<A>* plan = plans.data() + k * kTile;
-      for_each_sample<A>(geo, TileTask{n, g, k, p0, p1}, offset, os, mask, ms,
-                         [&](int64_t i, A y, A x, A m) {
-                           plan[i] = plan_entry(bilinear_corners<A, int64_t>(
-                               y, x, geo.height, geo.width, is.y, is.x, m, false));
-                         });
+      build_value_plan(geo, TileTask{n, g, k, p0, p1}, offset, os, mask, ms, is.y, is.x,
+                       plans.data() + k * kTile);
     }
 
     const S* image = input + n * is.n + g * cpg * is.c;

@@ -110,6 +110,18 @@ inline PlanEntry<A> plan_entry(const Corners<A, int64_t>& c) {
   return e;
 }
 
+// The value plan of one task (what im2col and col2im need): plan[i] for
+// output pixel p0 + i, corners in a plane of element strides (sy, sx).
+template <typename A, typename S>
+inline void build_value_plan(const Geometry& geo, const TileTask& task, const S* offset,
+                             Strides4 os, const S* mask, Strides4 ms, int64_t sy, int64_t sx,
+                             PlanEntry<A>* plan) {
+  for_each_sample<A>(geo, task, offset, os, mask, ms, [&](int64_t i, A y, A x, A m) {
+    plan[i] = plan_entry(bilinear_corners<A, int64_t>(y, x, geo.height, geo.width, sy, sx, m,
+                                                       false));
+  });
+}
+
 // sum_q w[q] * plane[base + corner[q]] over the valid corners, never reading
 // the others (an inf/NaN pixel elsewhere must not leak in as 0 * inf).
 template <typename A, typename S>
