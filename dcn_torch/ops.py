@@ -215,7 +215,8 @@ def _backward(grad, input, weight, offset, mask, bias, stride, padding, dilation
     grad_offset = offset.new_empty(offset.shape) if (need_off or need_mask) else None
     grad_mask = mask.new_empty(mask.shape) if (mask is not None and (need_off or need_mask)) else None
 
-    if N > 0 and (need_in or need_w or need_off or need_mask):
+    coord = need_off or need_mask  # the offset/mask gradient kernel runs
+    if N > 0 and (need_in or need_w or coord):
         x, off, m = _detached(input), _detached(offset), _detached(mask)
         g = grad.detach().contiguous()
         w, col_shape = _layout(weight, geo, pm)
@@ -226,7 +227,7 @@ def _backward(grad, input, weight, offset, mask, bias, stride, padding, dilation
         numel = chunk * C * K * P
         cols = _workspace.get(numel, input.dtype, input.device, 0).view(shape) if need_w else None
         gcols = (_workspace.get(numel, input.dtype, input.device, 1).view(shape)
-                 if (need_in or need_off or need_mask) else None)
+                 if (need_in or coord) else None)
         for n0 in range(0, N, chunk):
             n1 = min(N, n0 + chunk)
             nc = n1 - n0
@@ -240,7 +241,6 @@ def _backward(grad, input, weight, offset, mask, bias, stride, padding, dilation
                     torch.matmul(gv[:, 0].transpose(1, 2), w[0], out=gc.view(nc, P, K * C))
                 else:
                     torch.matmul(wt, gv, out=gc.view(nc, groups, Cg * K, P))
-                coord = need_off or need_mask
                 if need_in and coord and not cuda:
                     # One parallel region for both (no core idles between
                     # them); the forward's columns (c) recomputed on the way.
@@ -265,9 +265,7 @@ def _backward(grad, input, weight, offset, mask, bias, stride, padding, dilation
                                       None if grad_mask is None else grad_mask[n0:n1], c,
                                       (kh, kw), p["stride"], p["padding"], p["dilation"],
                                       stream, pm)
-                    elif need_w:
-                        _sample(xc, off[n0:n1], mc, c, (kh, kw), p, pm)
-            elif need_w:
+            if need_w and not coord:  # otherwise the coordinate gradient wrote them
                 _sample(xc, off[n0:n1], mc, c, (kh, kw), p, pm)
             if need_w and cuda:
                 # One batched GEMM per chunk, summed over the chunk's images in
