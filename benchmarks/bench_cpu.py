@@ -6,7 +6,7 @@ Peers: onnxruntime's DeformConv (forward), torch.conv2d of the same shape
 (forward and forward+backward), and MLX (mx.conv2d and dcn_mlx) when
 installed. Prints median milliseconds and ratios; run:
 
-    python benchmarks/bench_cpu.py [--repeats 10] [--configs A,B,C] [--markdown]
+    python benchmarks/bench_cpu.py [--repeats 10] [--rounds 1] [--configs A,B,C] [--markdown]
 """
 from __future__ import annotations
 
@@ -114,32 +114,59 @@ def bench_mlx(cfg, repeats):
     return res
 
 
+def print_config(name, cfg, r):
+    N, C, H, W, O = cfg
+    print(f"\n{name} {N}x{C}x{H}x{W} -> {O}")
+    for k, v in r.items():
+        print(f"  {k:16s} {v:9.2f} ms")
+    if "ort_fwd" in r:
+        print(f"  fwd / onnxruntime fwd        {r['dcn_fwd'] / r['ort_fwd']:.2f}x  (target <= 1.0)")
+    print(f"  fwd / torch.conv2d fwd       {r['dcn_fwd'] / r['conv_fwd']:.2f}x")
+    print(f"  fwd+bwd / own fwd            {r['dcn_fwdbwd'] / r['dcn_fwd']:.2f}x  (target <= 3.5)")
+    print(f"  fwd+bwd / conv2d fwd+bwd     {r['dcn_fwdbwd'] / r['conv_fwdbwd']:.2f}x")
+    if "mlx_dcn_fwd" in r:
+        print(f"  mlx fwd / mx.conv2d fwd      {r['mlx_dcn_fwd'] / r['mlx_conv_fwd']:.2f}x  (target <= 2.0)")
+
+
+def print_rounds(names, rounds):
+    """The target ratios of every round: on a shared machine one round's
+    ratio can sit on either side of a target that the spread straddles."""
+    print("\n| config | fwd / onnxruntime, each round | fwd+bwd / fwd, each round |")
+    print("|---|---|---|")
+    for name in names:
+        rs = [rd[name] for rd in rounds]
+        ort = ", ".join(f"{r['dcn_fwd'] / r['ort_fwd']:.2f}x" if "ort_fwd" in r else "-" for r in rs)
+        fb = ", ".join(f"{r['dcn_fwdbwd'] / r['dcn_fwd']:.2f}x" for r in rs)
+        print(f"| {name} | {ort} | {fb} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure every config this many times and print each round's ratios")
     ap.add_argument("--configs", default="A,B,C")
-    ap.add_argument("--markdown", action="store_true", help="print a README table")
+    ap.add_argument("--markdown", action="store_true", help="print a README table (of the last round)")
     args = ap.parse_args()
 
     print(f"# {datetime.date.today()} {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, torch {torch.__version__}, dcn threads {dcn_torch.get_num_threads()}")
-    rows = []
-    for name in args.configs.split(","):
-        cfg = CONFIGS[name]
-        r = bench_torch(cfg, args.repeats)
-        r.update(bench_mlx(cfg, max(3, args.repeats // 2)))
-        rows.append((name, cfg, r))
-        N, C, H, W, O = cfg
-        print(f"\n{name} {N}x{C}x{H}x{W} -> {O}")
-        for k, v in r.items():
-            print(f"  {k:16s} {v:9.2f} ms")
-        if "ort_fwd" in r:
-            print(f"  fwd / onnxruntime fwd        {r['dcn_fwd'] / r['ort_fwd']:.2f}x  (target <= 1.0)")
-        print(f"  fwd / torch.conv2d fwd       {r['dcn_fwd'] / r['conv_fwd']:.2f}x")
-        print(f"  fwd+bwd / own fwd            {r['dcn_fwdbwd'] / r['dcn_fwd']:.2f}x  (target <= 3.5)")
-        print(f"  fwd+bwd / conv2d fwd+bwd     {r['dcn_fwdbwd'] / r['conv_fwdbwd']:.2f}x")
-        if "mlx_dcn_fwd" in r:
-            print(f"  mlx fwd / mx.conv2d fwd      {r['mlx_dcn_fwd'] / r['mlx_conv_fwd']:.2f}x  (target <= 2.0)")
+    names = args.configs.split(",")
+    rounds = []
+    for i in range(args.rounds):
+        if args.rounds > 1:
+            print(f"\n## round {i + 1} of {args.rounds}")
+        results = {}
+        for name in names:
+            cfg = CONFIGS[name]
+            r = bench_torch(cfg, args.repeats)
+            r.update(bench_mlx(cfg, max(3, args.repeats // 2)))
+            results[name] = r
+            print_config(name, cfg, r)
+        rounds.append(results)
+    if args.rounds > 1:
+        print_rounds(names, rounds)
+    rows = [(name, CONFIGS[name], rounds[-1][name]) for name in names]
 
     if args.markdown:
         print("\n| config | dcn fwd | onnxruntime fwd | ratio | conv2d fwd | dcn fwd+bwd | fwd+bwd / fwd | conv2d fwd+bwd |")
