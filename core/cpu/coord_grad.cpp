@@ -49,16 +49,19 @@ void write_back(const Geometry& geo, const TileTask& task, const GradEntry<A>* p
   S* gy = goff + task.n * gos.n + (task.g * 2 * K + 2 * task.k) * gos.c;
   S* gx = gy + gos.c;
   S* gm = gmask ? gmask + task.n * gms.n + (task.g * K + task.k) * gms.c : nullptr;
+  int64_t oy = task.p0 / geo.out_w;  // pixel p0 + i -> (oy, ox), stepped, not divided
+  int64_t ox = task.p0 - oy * geo.out_w;
   for (int64_t i = 0; i < task.p1 - task.p0; ++i) {
-    const int64_t p = task.p0 + i;
-    const int64_t oy = p / geo.out_w;
-    const int64_t ox = p - oy * geo.out_w;
     // A sample outside the gradient region has exactly 0 offset gradient,
     // even when its mask is NaN or inf (0 * NaN would say otherwise).
     const bool outside = plan[i].valid == 0u;
     gy[oy * gos.y + ox * gos.x] = store<S>(outside ? A(0) : plan[i].mask * acc_y[i]);
     gx[oy * gos.y + ox * gos.x] = store<S>(outside ? A(0) : plan[i].mask * acc_x[i]);
     if (gm) gm[oy * gms.y + ox * gms.x] = store<S>(acc_m[i]);
+    if (++ox == geo.out_w) {
+      ox = 0;
+      ++oy;
+    }
   }
 }
 

@@ -137,9 +137,11 @@ DCN_FN Corners<T, I> bilinear_corners(T y, T x, I H, I W, I sy, I sx, T scale,
 // w0*v0 + w1*v1 + w2*v2 + w3*v3, in that order: the bilinear value (or one
 // of its coordinate derivatives) from four corner values. Every kernel that
 // needs it calls this, so the forward's columns and the columns the backward
-// recomputes round identically.
-template <typename T>
-DCN_FN T weighted_sum4(T w0, T w1, T w2, T w3, T v0, T v1, T v2, T v3) {
+// recomputes round identically. The weights may be scalars while the values
+// are vectors of channels (W float, T a CPU vector type): every lane then
+// computes exactly the scalar expression.
+template <typename W, typename T>
+DCN_FN T weighted_sum4(W w0, W w1, W w2, W w3, T v0, T v1, T v2, T v3) {
   return w0 * v0 + w1 * v1 + w2 * v2 + w3 * v3;
 }
 
@@ -168,10 +170,10 @@ DCN_FN SampleGrad<T> interior_value_and_grad(T v0, T v1, T v2, T v3, T fy, T fx)
 // computed (with_grad, scale 1): torchvision's rule at the border. Every
 // backend's coordinate gradient calls this for samples that are not
 // entirely inside; interior_value_and_grad is the cheaper equivalent for
-// those that are.
-template <typename T, typename I>
-DCN_FN SampleGrad<T> corner_value_and_grad(Corners<T, I> c, T v0, T v1, T v2, T v3) {
-  SampleGrad<T> r;
+// those that are. V is T, or a vector of channels (as in weighted_sum4).
+template <typename T, typename I, typename V>
+DCN_FN SampleGrad<V> corner_value_and_grad(Corners<T, I> c, V v0, V v1, V v2, V v3) {
+  SampleGrad<V> r;
   r.dy = weighted_sum4(c.wy[0], c.wy[1], c.wy[2], c.wy[3], v0, v1, v2, v3);
   r.dx = weighted_sum4(c.wx[0], c.wx[1], c.wx[2], c.wx[3], v0, v1, v2, v3);
   r.value = weighted_sum4(c.w[0], c.w[1], c.w[2], c.w[3], v0, v1, v2, v3);
