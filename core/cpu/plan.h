@@ -117,6 +117,20 @@ inline void build_value_plan(const Geometry& geo, const TileTask& task, const S*
                              Strides4 os, const S* mask, Strides4 ms, int64_t sy, int64_t sx,
                              PlanEntry<A>* plan) {
   for_each_sample<A>(geo, task, offset, os, mask, ms, [&](int64_t i, A y, A x, A m) {
+    if (inside_forward(y, x, geo.height, geo.width)) {
+      // All four corners inside (most samples): their weights straight from
+      // the shared math, without bilinear_corners' per-corner bookkeeping.
+      // The same numbers it would give; half this plan's cost.
+      const BilinearPoint<A, int64_t> pt = bilinear_point<A, int64_t>(y, x);
+      if (all_corners_inside(pt, geo.height, geo.width)) {
+        const Weights4<A> w = bilinear_weights(pt.ly, pt.lx, m);
+        PlanEntry<A>& e = plan[i];
+        e.base = pt.y0 * sy + pt.x0 * sx;
+        for (int q = 0; q < 4; ++q) e.w[q] = w.w[q];
+        e.valid = (w.w[0] != A(0) || w.w[1] != A(0) || w.w[2] != A(0) || w.w[3] != A(0)) ? 15u : 0u;
+        return;
+      }
+    }
     plan[i] = plan_entry(bilinear_corners<A, int64_t>(y, x, geo.height, geo.width, sy, sx, m,
                                                        false));
   });

@@ -16,6 +16,14 @@ inline void scatter_runs(const PlanEntry<A>* plan, int64_t len, A* image, const 
   for (int64_t i = 0; i < len; ++i) {
     const PlanEntry<A>& e = plan[i];
     const S* __restrict g = gcol + i * col_p;
+    // Pixel-major columns put consecutive pixels K*C elements apart, a
+    // stride the hardware prefetcher does not follow far enough ahead:
+    // fetching the run six pixels ahead measured 3.0 -> 2.65 ms (2 images of
+    // 8x64x56x56, one thread).
+    if (i + 6 < len) {
+      const char* pf = reinterpret_cast<const char*>(g + 6 * col_p);
+      for (int64_t b = 0; b < n * int64_t(sizeof(S)); b += 64) __builtin_prefetch(pf + b);
+    }
     for (int q = 0; q < 4; ++q) {
       if (!(e.valid >> q & 1u)) continue;
       A* __restrict dst = image + e.base + co.at[q];

@@ -67,6 +67,51 @@ DCN_FN I floor_to_int(T v) {
   return T(t) > v ? t - 1 : t;
 }
 
+// The low corner (y0, x0) and the fractional parts (ly, lx) of a sample.
+// Only for (y, x) inside the forward's or the gradient's region (|y| < H + 1),
+// where the conversions are exact and defined; floor by truncation avoids a
+// libm call on plain x86-64.
+template <typename T, typename I>
+struct BilinearPoint {
+  I y0, x0;
+  T ly, lx;
+};
+
+template <typename T, typename I>
+DCN_FN BilinearPoint<T, I> bilinear_point(T y, T x) {
+  BilinearPoint<T, I> p;
+  p.y0 = floor_to_int<T, I>(y);
+  p.x0 = floor_to_int<T, I>(x);
+  p.ly = y - T(p.y0);
+  p.lx = x - T(p.x0);
+  return p;
+}
+
+// True when all four corners of the point lie inside an H x W plane: the
+// common case, whose Corners are valid == 15 with bilinear_weights' weights.
+template <typename T, typename I>
+DCN_FN bool all_corners_inside(BilinearPoint<T, I> p, I H, I W) {
+  return p.y0 >= I(0) && p.y0 + I(1) < H && p.x0 >= I(0) && p.x0 + I(1) < W;
+}
+
+// The four bilinear value weights times `scale`, in Corners order.
+template <typename T>
+struct Weights4 {
+  T w[4];
+};
+
+template <typename T>
+DCN_FN Weights4<T> bilinear_weights(T ly, T lx, T scale) {
+  const T hy = T(1) - ly;
+  const T hx = T(1) - lx;
+  Weights4<T> r;
+  r.w[0] = scale * (hy * hx);
+  r.w[1] = scale * (hy * lx);
+  r.w[2] = scale * (ly * hx);
+  r.w[3] = scale * (ly * lx);
+  return r;
+}
+
 // Corner indices and weights for a sample at (y, x) of an H x W plane with
 // element strides (sy, sx). `scale` multiplies the value weights w (the
 // modulation mask, folded in once so every channel reuses it). When
@@ -91,16 +136,13 @@ DCN_FN Corners<T, I> bilinear_corners(T y, T x, I H, I W, I sy, I sx, T scale,
   const bool grad = with_grad && inside_gradient(y, x, H, W);
   if (!fwd && !grad) return c;
 
-  // Inside either region |y| < H + 1, so the conversions below are exact
-  // and defined; floor by truncation avoids a libm call on plain x86-64.
-  const I y0 = floor_to_int<T, I>(y);
-  const I x0 = floor_to_int<T, I>(x);
-  const T yf = T(y0);
-  const T xf = T(x0);
+  const BilinearPoint<T, I> pt = bilinear_point<T, I>(y, x);
+  const I y0 = pt.y0;
+  const I x0 = pt.x0;
   const I y1 = y0 + 1;
   const I x1 = x0 + 1;
-  const T ly = y - yf;
-  const T lx = x - xf;
+  const T ly = pt.ly;
+  const T lx = pt.lx;
   const T hy = T(1) - ly;
   const T hx = T(1) - lx;
 
@@ -111,7 +153,7 @@ DCN_FN Corners<T, I> bilinear_corners(T y, T x, I H, I W, I sy, I sx, T scale,
   const bool valid[4] = {vy0 && vx0, vy0 && vx1, vy1 && vx0, vy1 && vx1};
   const I cy[4] = {y0, y0, y1, y1};
   const I cx[4] = {x0, x1, x0, x1};
-  const T bw[4] = {hy * hx, hy * lx, ly * hx, ly * lx};
+  const Weights4<T> bw = bilinear_weights(ly, lx, scale);
   // d(bilinear)/dy and d(bilinear)/dx of each corner's weight.
   const T dy[4] = {-hx, -lx, hx, lx};
   const T dx[4] = {-hy, hy, -ly, ly};
@@ -125,7 +167,7 @@ DCN_FN Corners<T, I> bilinear_corners(T y, T x, I H, I W, I sy, I sx, T scale,
     if (!valid[q]) continue;
     c.valid |= 1u << q;
     c.idx[q] = cy[q] * sy + cx[q] * sx;
-    if (fwd) c.w[q] = scale * bw[q];
+    if (fwd) c.w[q] = bw.w[q];
     if (grad) {
       c.wy[q] = dy[q];
       c.wx[q] = dx[q];
