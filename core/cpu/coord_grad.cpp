@@ -23,20 +23,16 @@ void build_plan(const Geometry& geo, const TileTask& task, const S* offset, Stri
                 const S* mask, Strides4 ms, Strides4 is, GradEntry<A>* plan) {
   for_each_sample<A>(geo, task, offset, os, mask, ms, [&](int64_t i, A y, A x, A m) {
     GradEntry<A>& e = plan[i];
-    if (inside_forward(y, x, geo.height, geo.width)) {
-      // All four corners inside (most samples): what bilinear_corners would
-      // give, without its per-corner bookkeeping (as build_value_plan).
-      const BilinearPoint<A, int64_t> pt = bilinear_point<A, int64_t>(y, x);
-      if (all_corners_inside(pt, geo.height, geo.width)) {
-        const Weights4<A> w = bilinear_weights(pt.ly, pt.lx, A(1));
-        e.base = pt.y0 * is.y + pt.x0 * is.x;
-        for (int q = 0; q < 4; ++q) e.wm[q] = m * w.w[q];
-        e.fy = pt.ly;
-        e.fx = pt.lx;
-        e.valid = 15u;
-        e.mask = m;
-        return;
-      }
+    BilinearPoint<A, int64_t> pt;
+    if (interior_sample(geo, y, x, &pt)) {
+      const Weights4<A> w = bilinear_weights(pt.ly, pt.lx, A(1));
+      e.base = pt.y0 * is.y + pt.x0 * is.x;
+      for (int q = 0; q < 4; ++q) e.wm[q] = m * w.w[q];
+      e.fy = pt.ly;
+      e.fx = pt.lx;
+      e.valid = 15u;
+      e.mask = m;
+      return;
     }
     // Unmodulated weights: the mask scales the offset gradient at the end
     // and does not enter the mask's own gradient.

@@ -110,6 +110,17 @@ inline PlanEntry<A> plan_entry(const Corners<A, int64_t>& c) {
   return e;
 }
 
+// True, with *pt set, when all four corners of the sample at (y, x) lie
+// inside the plane (most samples): the plans then take the weights straight
+// from the shared math, without bilinear_corners' per-corner bookkeeping
+// (the same numbers; measured half a plan's cost).
+template <typename A>
+inline bool interior_sample(const Geometry& geo, A y, A x, BilinearPoint<A, int64_t>* pt) {
+  if (!inside_forward(y, x, geo.height, geo.width)) return false;  // also keeps NaN out
+  *pt = bilinear_point<A, int64_t>(y, x);
+  return all_corners_inside(*pt, geo.height, geo.width);
+}
+
 // The value plan of one task (what im2col and col2im need): plan[i] for
 // output pixel p0 + i, corners in a plane of element strides (sy, sx).
 template <typename A, typename S>
@@ -117,19 +128,15 @@ inline void build_value_plan(const Geometry& geo, const TileTask& task, const S*
                              Strides4 os, const S* mask, Strides4 ms, int64_t sy, int64_t sx,
                              PlanEntry<A>* plan) {
   for_each_sample<A>(geo, task, offset, os, mask, ms, [&](int64_t i, A y, A x, A m) {
-    if (inside_forward(y, x, geo.height, geo.width)) {
-      // All four corners inside (most samples): their weights straight from
-      // the shared math, without bilinear_corners' per-corner bookkeeping.
-      // The same numbers it would give; half this plan's cost.
-      const BilinearPoint<A, int64_t> pt = bilinear_point<A, int64_t>(y, x);
-      if (all_corners_inside(pt, geo.height, geo.width)) {
-        const Weights4<A> w = bilinear_weights(pt.ly, pt.lx, m);
-        PlanEntry<A>& e = plan[i];
-        e.base = pt.y0 * sy + pt.x0 * sx;
-        for (int q = 0; q < 4; ++q) e.w[q] = w.w[q];
-        e.valid = (w.w[0] != A(0) || w.w[1] != A(0) || w.w[2] != A(0) || w.w[3] != A(0)) ? 15u : 0u;
-        return;
-      }
+    BilinearPoint<A, int64_t> pt;
+    if (interior_sample(geo, y, x, &pt)) {
+      const Weights4<A> w = bilinear_weights(pt.ly, pt.lx, m);
+      PlanEntry<A>& e = plan[i];
+      e.base = pt.y0 * sy + pt.x0 * sx;
+      for (int q = 0; q < 4; ++q) e.w[q] = w.w[q];
+      // As plan_entry: a sample whose weights are all 0 (mask 0) reads nothing.
+      e.valid = (w.w[0] != A(0) || w.w[1] != A(0) || w.w[2] != A(0) || w.w[3] != A(0)) ? 15u : 0u;
+      return;
     }
     plan[i] = plan_entry(bilinear_corners<A, int64_t>(y, x, geo.height, geo.width, sy, sx, m,
                                                        false));
