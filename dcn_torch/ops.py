@@ -234,7 +234,10 @@ def _backward(grad, input, weight, offset, mask, bias, stride, padding, dilation
             gv = g[n0:n1].view(nc, groups, Og, P)
             mc = None if m is None else m[n0:n1]
             c = cols[:nc] if need_w else None
-            xc = x[n0:n1].contiguous(memory_format=torch.channels_last) if pm else x[n0:n1]
+            # The sampling kernels read the input channels-last; col2im alone does not read it.
+            xc = x[n0:n1]
+            if pm and (coord or need_w):
+                xc = xc.contiguous(memory_format=torch.channels_last)
             if gcols is not None:
                 gc = gcols[:nc]
                 if pm:  # gcols[n] (P, K*C) = grad[n]^T @ w

@@ -3,9 +3,8 @@
 // unmodulated value. A task owns one (n, g, k, tile) and sums channels in
 // order, so results are deterministic for any thread count.
 #include <algorithm>
-#include <vector>
-
 #include <type_traits>
+#include <vector>
 
 #include "coord_lanes.h"
 #include "coord_step.h"
@@ -129,7 +128,7 @@ Tasks coord_grad_channels_last_f32(const Geometry& geo, const float* gcol, Colum
 
 template <typename S>
 Tasks coord_grad_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const S* input,
-                     Strides4 is, const S* offset, Strides4 os, const S* mask, Strides4 ms,
+                      Strides4 is, const S* offset, Strides4 os, const S* mask, Strides4 ms,
                       S* goff, Strides4 gos, S* gmask, Strides4 gms, S* cols_out) {
   using A = acc_t<S>;
   const int64_t cpg = geo.channels_per_offset_group();
@@ -153,8 +152,8 @@ Tasks coord_grad_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, cons
     const int64_t col_at = task.n * cs.n + task.k * cs.k + task.p0 * cs.p;
     bool fast = false;
     if constexpr (std::is_same_v<S, float>) {
-      if (!fast && interior_eligible(geo, is, cs)) {
-        fast = true;
+      fast = interior_eligible(geo, is, cs);
+      if (fast) {
         // float32: interior pixels through the vector loop, one channel at a
         // time over the whole tile; the others (listed in ip.border) through
         // the scalar step, with their sums kept in acc_*_border.

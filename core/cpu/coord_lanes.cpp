@@ -86,7 +86,6 @@ DCN_INLINE void sample_lanes(const GradEntry<float>& e, const float* image, int6
     // what coord_step does for its channel. A corner outside the plane is
     // never read and counts as 0.
     const Corners<float, int64_t>& k = e.corners;
-    const bool any_weight = k.w[0] != 0.f || k.w[1] != 0.f || k.w[2] != 0.f || k.w[3] != 0.f;
     for (int64_t c = 0; c < full; c += kCoordLanes) {
       v8f v[4];
       for (int q = 0; q < 4; ++q)
@@ -96,12 +95,7 @@ DCN_INLINE void sample_lanes(const GradEntry<float>& e, const float* image, int6
       ay += gv * r.dy;
       ax += gv * r.dx;
       am += gv * r.value;
-      if (out) {
-        v8f col{};
-        for (int q = 0; q < 4; ++q)
-          if (e.valid >> q & 1u) col += e.wm[q] * v[q];
-        store8(out + c, any_weight ? col : v8f{});
-      }
+      if (out) store8(out + c, border_column(k, e.mask, v[0], v[1], v[2], v[3], v8f{}));
     }
   } else if (out) {
     // Outside both regions: column 0, nothing to sum.

@@ -49,15 +49,7 @@ inline void coord_step(const GradEntry<A>& e, const S* plane, const CornerOffset
   ay += gv * r.dy;
   ax += gv * r.dx;
   am += gv * r.value;
-  if (col_out) {
-    // The forward's column with im2col's exact arithmetic (valid corners,
-    // masked weights; 0 when every weight is 0).
-    A col = A(0);
-    for (int q = 0; q < 4; ++q)
-      if (e.valid >> q & 1u) col += e.wm[q] * v[q];
-    const A* w = e.corners.w;
-    *col_out = store<S>(w[0] != A(0) || w[1] != A(0) || w[2] != A(0) || w[3] != A(0) ? col : A(0));
-  }
+  if (col_out) *col_out = store<S>(border_column(e.corners, e.mask, v[0], v[1], v[2], v[3], A(0)));
 }
 
 }  // namespace dcn::cpu

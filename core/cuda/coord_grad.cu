@@ -31,7 +31,6 @@ __global__ void coord_grad_kernel(Geo<I> g, const S* __restrict__ grad_columns, 
     const Corners<A, I> cr = bilinear_corners<A, I>(pt.y, pt.x, g.H, g.W, is.y, is.x, A(1), true);
     A wm[4];
     for (int q = 0; q < 4; ++q) wm[q] = pt.m * cr.w[q];
-    const bool any_w = cr.w[0] != A(0) || cr.w[1] != A(0) || cr.w[2] != A(0) || cr.w[3] != A(0);
     const I col_at = s.n * cs.n + s.k * cs.k + s.p * cs.p;
     A ay = A(0), ax = A(0), am = A(0);
     if (cr.valid == 0u) {
@@ -63,13 +62,9 @@ __global__ void coord_grad_kernel(Geo<I> g, const S* __restrict__ grad_columns, 
         ay += gv * r.dy;
         ax += gv * r.dx;
         am += gv * r.value;
-        if (columns_out) {
-          // im2col's exact arithmetic: valid corners, masked weights.
-          A col = A(0);
-          for (int q = 0; q < 4; ++q)
-            if (cr.valid >> q & 1u) col += wm[q] * v[q];
-          columns_out[col_at + cs.channel(c)] = store<S>(any_w ? col : A(0));
-        }
+        if (columns_out)
+          columns_out[col_at + cs.channel(c)] =
+              store<S>(border_column(cr, pt.m, v[0], v[1], v[2], v[3], A(0)));
       }
     }
     // A sample outside the gradient region has exactly 0 offset gradient,

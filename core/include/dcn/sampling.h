@@ -222,6 +222,22 @@ DCN_FN SampleGrad<V> corner_value_and_grad(Corners<T, I> c, V v0, V v1, V v2, V 
   return r;
 }
 
+// The forward's column (im2col's value) of a sample with a corner outside
+// the plane, recomputed from its corner values by the coordinate gradients:
+// the valid corners' masked weights (m * w, rounded as im2col's plan) times
+// their values, added in corner order starting from `zero`; `zero` when
+// every value weight is 0 (outside the forward's region). V may be a vector
+// of channels with T scalar, as in weighted_sum4; `zero` is V's 0.
+template <typename T, typename I, typename V>
+DCN_FN V border_column(Corners<T, I> c, T m, V v0, V v1, V v2, V v3, V zero) {
+  const V v[4] = {v0, v1, v2, v3};
+  V col = zero;
+  for (int q = 0; q < 4; ++q)
+    if ((c.valid >> q) & 1u) col += (m * c.w[q]) * v[q];
+  const bool any_weight = c.w[0] != T(0) || c.w[1] != T(0) || c.w[2] != T(0) || c.w[3] != T(0);
+  return any_weight ? col : zero;
+}
+
 // Output size of one spatial axis: (in + 2*pad - dil*(k-1) - 1) / stride + 1.
 // Returns a value < 1 when the kernel does not fit (the caller reports it).
 template <typename I>
