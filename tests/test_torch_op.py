@@ -958,3 +958,34 @@ def test_cached_workspace_reuse_across_shapes_and_dtypes(restore_settings):
             o, g = out_and_grads(c)
             assert_same(o, out)
             assert_same(g, grads)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced", "expanded"])
+def test_kernel_arrays_read_alike_through_both_dlpack_paths(layout):
+    """The binding reads torch tensors through DLPack's C exchange API
+    (bindings/torch/tensor_view.h) and any other array through __dlpack__
+    (nb::ndarray): numpy views of the same memory give the same columns."""
+    from dcn_torch import _C
+    g = torch.Generator().manual_seed(7)
+    N, C, H, W, K = 2, 8, 6, 7, 9
+    base = torch.randn(N, C, 2 * H, W, generator=g)
+    x = {"contiguous": base[:, :, :H].contiguous(),
+         "channels_last": base[:, :, :H].contiguous(memory_format=torch.channels_last),
+         "sliced": base[:, :, ::2],
+         "expanded": base[:1, :, :H].expand(N, C, H, W)}[layout]
+    off = 2 * torch.randn(N, 2 * K, H, W, generator=g)
+    m = torch.rand(N, K, H, W, generator=g)
+    args = ((3, 3), (1, 1), (1, 1), (1, 1))
+    cols_t = torch.full((N, C * K, H, W), float("nan"))
+    _C.im2col(x, off, m, cols_t, *args)
+    # numpy has no C exchange API: its arrays take the nb::ndarray path.
+    xn = x.numpy()
+    assert xn.strides == tuple(4 * s for s in x.stride())
+    cols_n = np.full((N, C * K, H, W), np.nan, dtype=np.float32)
+    _C.im2col(xn, off.numpy(), m.numpy(), cols_n, *args)
+    assert torch.equal(cols_t, torch.from_numpy(cols_n))
+    expected = dcn_torch.deform_conv2d(x, off, torch.eye(C * K).view(C * K, C, 3, 3),
+                                       padding=1, mask=m)
+    assert torch.allclose(expected.view(N, C * K, H, W), cols_t, atol=1e-5)
+    with pytest.raises(TypeError):
+        _C.im2col([1.0], off, m, cols_t, *args)

@@ -1,5 +1,6 @@
 // dcn_torch._C: the core's kernels over DLPack arrays (zero-copy torch
-// tensors), CPU and, when built with DCN_CUDA, CUDA: each call runs on the
+// tensors, read through tensor_view.h), CPU and, when built with DCN_CUDA,
+// CUDA: each call runs on the
 // device its arrays live on (all on one device, or ValueError). It links no
 // framework: torch users need neither libtorch headers nor MLX. The GEMMs
 // and the batch chunking live in dcn_torch; CUDA calls take the stream to
@@ -26,9 +27,10 @@
 #include "dcn/cuda.h"
 #endif
 #include "../common/conv_args.h"
+#include "tensor_view.h"
 
 namespace nb = nanobind;
-using Array = nb::ndarray<>;  // any device: checked by on_device()
+using Array = dcn_bind::TensorView;  // any device: checked by on_device()
 using dcn_bind::Pair;
 using dcn_bind::fill_params;
 using dcn_bind::resolve_or_throw;
