@@ -24,13 +24,13 @@ def get(numel: int, dtype: torch.dtype, device: torch.device, slot: int = 0) -> 
     cache = getattr(_local, "cache", None)
     if cache is None:
         cache = _local.cache = {}
-    key = (str(device), dtype, slot)
+    key = (dtype, slot)  # CPU only, so the device is implied
     buf = cache.get(key)
     if buf is None or buf.numel() < numel:
         cache[key] = None  # drop the old one before allocating the new one
         buf = torch.empty(numel, dtype=dtype, device=device)
         cache[key] = buf
-    return buf[:numel]
+    return buf if buf.numel() == numel else buf[:numel]
 
 
 def empty_cache() -> None:

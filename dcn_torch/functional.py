@@ -12,6 +12,8 @@ IntPair = Union[int, Tuple[int, int]]
 
 
 def _pair(v: IntPair, name: str) -> Tuple[int, int]:
+    if type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int:
+        return v  # the common case, checked without the general path below
     if isinstance(v, bool):
         raise TypeError(f"{name}: expected an int or a pair of ints, got {v!r}")
     if isinstance(v, int):
@@ -58,10 +60,9 @@ def deform_conv2d(
                          (weight, "weight", False), (mask, "mask", True), (bias, "bias", True)):
         _check_tensor(t, name, opt)
     stride_, padding_, dilation_ = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
-    ops.check_devices(input, offset=offset, weight=weight, mask=mask, bias=bias)
-    # Shapes, dtypes and parameters are validated by the core inside the op
-    # (and by its fake kernel under torch.compile); the ONNX path never runs
-    # the op, so it validates here.
+    # Devices, shapes, dtypes and parameters are validated by the core inside
+    # the op (and by its fake kernel under torch.compile); the ONNX path never
+    # runs the op, so it validates here.
     if torch.onnx.is_in_onnx_export():
         ops.check_args(input, weight, offset, mask, bias, stride_, padding_, dilation_)
         return _onnx_deform_conv(input, weight, offset, mask, bias, stride_, padding_, dilation_)

@@ -56,6 +56,33 @@ def check_args(input, weight, offset, mask, bias, stride, padding, dilation) -> 
                        tuple(stride), tuple(padding), tuple(dilation), "NCHW")
 
 
+# Validation is a function of the shapes, dtypes and parameters alone, so the
+# kernels' geometry is remembered per such key (the same layer runs with the
+# same shapes call after call): a hit costs a tuple hash instead of building
+# lists for the core's check. Devices are compared on every call. Bounded:
+# cleared when full.
+_GEOMETRY_CACHE: dict = {}
+_GEOMETRY_CACHE_SIZE = 256
+
+
+def _shape_key(t: Optional[Tensor]):
+    return None if t is None else (t.shape, t.dtype)
+
+
+def checked_geometry(input, weight, offset, mask, bias, stride, padding, dilation) -> dict:
+    """check_args, remembered: the returned dict is shared, never modify it."""
+    check_devices(input, offset=offset, weight=weight, mask=mask, bias=bias)
+    key = (input.shape, input.dtype, weight.shape, weight.dtype, offset.shape, offset.dtype,
+           _shape_key(mask), _shape_key(bias), tuple(stride), tuple(padding), tuple(dilation))
+    geo = _GEOMETRY_CACHE.get(key)
+    if geo is None:
+        geo = check_args(input, weight, offset, mask, bias, stride, padding, dilation)
+        if len(_GEOMETRY_CACHE) >= _GEOMETRY_CACHE_SIZE:
+            _GEOMETRY_CACHE.clear()
+        _GEOMETRY_CACHE[key] = geo
+    return geo
+
+
 def _out_size(size, k, s, p, d):
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
@@ -65,7 +92,6 @@ def _params(stride, padding, dilation) -> dict:
 
 
 def _detached(t: Optional[Tensor]) -> Optional[Tensor]:
-    # DLPack refuses tensors that require grad; the kernels only read them.
     return None if t is None else t.detach()
 
 
@@ -145,7 +171,7 @@ def _chunk(geo: dict, bytes_per_image: int, device: torch.device, deterministic:
 
 # -------------------------------------------------------------------- forward
 def _forward(input, weight, offset, mask, bias, stride, padding, dilation):
-    geo = check_args(input, weight, offset, mask, bias, stride, padding, dilation)
+    geo = checked_geometry(input, weight, offset, mask, bias, stride, padding, dilation)
     _prepare(input)
     N, C = geo["batch"], geo["channels"]
     O, groups = geo["out_channels"], geo["groups"]
@@ -155,39 +181,46 @@ def _forward(input, weight, offset, mask, bias, stride, padding, dilation):
     out = input.new_empty((N, O, Ho, Wo))
     if N == 0:
         return out
-    x, off, m = _detached(input), _detached(offset), _detached(mask)
-    b = None if bias is None else _detached(bias).view(1, O, 1)
+    # Detached: DLPack's __dlpack__ (the binding's path on torch without the C
+    # exchange API) refuses tensors that require grad; the kernels only read them.
+    input, offset, mask = _detached(input), _detached(offset), _detached(mask)
     chunk = _config.chunk_size(N, C * K * P * input.element_size(), cpu=not input.is_cuda,
                                forward=True)
-    ws = _workspace.get(chunk * C * K * P, input.dtype, input.device)
     p = _params(stride, padding, dilation)
     pixel_major = _pixel_major(input, geo)
     w, col_shape = _layout(weight, geo, pixel_major)
-    cols = ws.view(col_shape(chunk))
+    b = None if bias is None else _detached(bias).view(1, O, 1)
+    cols = _workspace.get(chunk * C * K * P, input.dtype, input.device).view(col_shape(chunk))
     for n0 in range(0, N, chunk):
+        # One chunk (the usual case) runs on the tensors themselves: slicing
+        # costs a few microseconds per tensor.
+        whole = chunk == N
         n1 = min(N, n0 + chunk)
-        c = cols[: n1 - n0]
-        mc = None if m is None else m[n0:n1]
+        nc = n1 - n0
+        x = input if whole else input[n0:n1]
+        off = offset if whole else offset[n0:n1]
+        m = mask if (whole or mask is None) else mask[n0:n1]
+        c = cols if nc == chunk else cols[:nc]
+        o = (out if whole else out[n0:n1]).view(nc, O, P)
         if pixel_major:
             # Channels-last per chunk, so the copy stays within the chunk.
-            xc = x[n0:n1].contiguous(memory_format=torch.channels_last)
-            _sample(xc, off[n0:n1], mc, c, (kh, kw), p, pixel_major=True)
+            x = x.contiguous(memory_format=torch.channels_last)
+            _sample(x, off, m, c, (kh, kw), p, pixel_major=True)
             # out[n] = w @ cols[n]^T: a batched GEMM written into the output.
-            torch.matmul(w[0], c.view(n1 - n0, P, K * C).transpose(1, 2),
-                         out=out[n0:n1].view(n1 - n0, O, P))
+            torch.matmul(w[0], c.view(nc, P, K * C).transpose(1, 2), out=o)
         else:
-            _sample(x[n0:n1], off[n0:n1], mc, c, (kh, kw), p)
+            _sample(x, off, m, c, (kh, kw), p)
             # out[n, g] = w[g] @ cols[n, g]: a batched GEMM written into the output.
-            dst = out[n0:n1].view(n1 - n0, groups, O // groups, P)
-            torch.matmul(w, c.view(n1 - n0, groups, (C // groups) * K, P), out=dst)
+            torch.matmul(w, c.view(nc, groups, (C // groups) * K, P),
+                         out=o.view(nc, groups, O // groups, P))
         if b is not None:
-            out[n0:n1].view(n1 - n0, O, P).add_(b)
+            o.add_(b)
     return out
 
 
 # ------------------------------------------------------------------- backward
 def _backward(grad, input, weight, offset, mask, bias, stride, padding, dilation, output_mask):
-    geo = check_args(input, weight, offset, mask, bias, stride, padding, dilation)
+    geo = checked_geometry(input, weight, offset, mask, bias, stride, padding, dilation)
     check_devices(input, grad=grad)
     _prepare(input)
     need_in, need_w, need_off, need_mask, need_b = output_mask
@@ -217,8 +250,8 @@ def _backward(grad, input, weight, offset, mask, bias, stride, padding, dilation
 
     coord = need_off or need_mask  # the offset/mask gradient kernel runs
     if N > 0 and (need_in or need_w or coord):
-        x, off, m = _detached(input), _detached(offset), _detached(mask)
         g = grad.detach().contiguous()
+        input, offset, mask = _detached(input), _detached(offset), _detached(mask)
         w, col_shape = _layout(weight, geo, pm)
         wt = w.transpose(1, 2)
         p = _params(stride, padding, dilation)
@@ -231,15 +264,20 @@ def _backward(grad, input, weight, offset, mask, bias, stride, padding, dilation
         for n0 in range(0, N, chunk):
             n1 = min(N, n0 + chunk)
             nc = n1 - n0
-            gv = g[n0:n1].view(nc, groups, Og, P)
-            mc = None if m is None else m[n0:n1]
-            c = cols[:nc] if need_w else None
+            whole = nc == N  # one chunk (the usual case): no slicing
+
+            def rows(t):
+                return t if (whole or t is None) else t[n0:n1]
+
+            gv = rows(g).view(nc, groups, Og, P)
+            xc, off, mc = rows(input), rows(offset), rows(mask)
+            gi, go, gm = rows(grad_input), rows(grad_offset), rows(grad_mask)
+            c = None if cols is None else (cols if nc == chunk else cols[:nc])
             # The sampling kernels read the input channels-last; col2im alone does not read it.
-            xc = x[n0:n1]
             if pm and (coord or need_w):
                 xc = xc.contiguous(memory_format=torch.channels_last)
             if gcols is not None:
-                gc = gcols[:nc]
+                gc = gcols if nc == chunk else gcols[:nc]
                 if pm:  # gcols[n] (P, K*C) = grad[n]^T @ w
                     torch.matmul(gv[:, 0].transpose(1, 2), w[0], out=gc.view(nc, P, K * C))
                 else:
@@ -247,29 +285,23 @@ def _backward(grad, input, weight, offset, mask, bias, stride, padding, dilation
                 if need_in and coord and not cuda:
                     # One parallel region for both (no core idles between
                     # them); the forward's columns (c) recomputed on the way.
-                    _C.col2im_and_coord_grad(
-                        gc, xc, off[n0:n1], mc, grad_input[n0:n1], grad_offset[n0:n1],
-                        None if grad_mask is None else grad_mask[n0:n1], c, (kh, kw),
-                        p["stride"], p["padding"], p["dilation"], pm)
+                    _C.col2im_and_coord_grad(gc, xc, off, mc, gi, go, gm, c, (kh, kw),
+                                             p["stride"], p["padding"], p["dilation"], pm)
                 else:
                     if need_in:
-                        gi = grad_input[n0:n1]
                         ws = None
                         if deterministic:
-                            size = _C.col2im_workspace_size(gi, off[n0:n1], mc, (kh, kw),
-                                                            p["stride"], p["padding"],
-                                                            p["dilation"])
+                            size = _C.col2im_workspace_size(gi, off, mc, (kh, kw), p["stride"],
+                                                            p["padding"], p["dilation"])
                             ws = torch.empty(size, dtype=torch.uint8, device=dev)
-                        _C.col2im(gc, off[n0:n1], mc, gi, (kh, kw), p["stride"], p["padding"],
+                        _C.col2im(gc, off, mc, gi, (kh, kw), p["stride"], p["padding"],
                                   p["dilation"], stream, ws, pm)
                     if coord:
                         # Also recomputes the forward's columns (c) on the way.
-                        _C.coord_grad(gc, xc, off[n0:n1], mc, grad_offset[n0:n1],
-                                      None if grad_mask is None else grad_mask[n0:n1], c,
-                                      (kh, kw), p["stride"], p["padding"], p["dilation"],
-                                      stream, pm)
+                        _C.coord_grad(gc, xc, off, mc, go, gm, c, (kh, kw), p["stride"],
+                                      p["padding"], p["dilation"], stream, pm)
             if need_w and not coord:  # otherwise the coordinate gradient wrote them
-                _sample(xc, off[n0:n1], mc, c, (kh, kw), p, pm)
+                _sample(xc, off, mc, c, (kh, kw), p, pm)
             if need_w and cuda:
                 # One batched GEMM per chunk, summed over the chunk's images in
                 # float32 (float64 for float64): deterministic, no atomics.
