@@ -113,6 +113,24 @@ def _sample(input: Tensor, offset: Tensor, mask: Optional[Tensor], cols: Tensor,
               _stream(input), pixel_major)
 
 
+def _channels_last(x: Tensor, slot: int) -> Tensor:
+    """x (N, C, H, W) in channels-last memory: x itself when it already is,
+    else a copy made by the core into a cached buffer. torch's own
+    x.contiguous(memory_format=torch.channels_last) allocates every call and
+    measured 0.13 ms on 1x64x32x32 and 2.1 ms on 1x256x64x64 here (2 GB/s)."""
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    N, C, H, W = x.shape
+    dst = _workspace.get(x.numel(), x.dtype, x.device, slot).view(N, H, W, C).permute(0, 3, 1, 2)
+    _C.to_channels_last(x, dst)
+    return dst
+
+
+# Workspace slots (_workspace.get): the columns, their gradient, and the
+# channels-last copy of the input.
+_COLS, _GRAD_COLS, _STAGED_INPUT = 0, 1, 2
+
+
 # The CPU forward samples channels-last when a group has at least this many
 # channels: with the input in NHWC and pixel-major columns (N, Ho, Wo, K*C),
 # the four corners of a sample are four contiguous runs of channels, swept as
@@ -190,7 +208,8 @@ def _forward(input, weight, offset, mask, bias, stride, padding, dilation):
     pixel_major = _pixel_major(input, geo)
     w, col_shape = _layout(weight, geo, pixel_major)
     b = None if bias is None else _detached(bias).view(1, O, 1)
-    cols = _workspace.get(chunk * C * K * P, input.dtype, input.device).view(col_shape(chunk))
+    cols = _workspace.get(chunk * C * K * P, input.dtype, input.device,
+                          _COLS).view(col_shape(chunk))
     for n0 in range(0, N, chunk):
         # One chunk (the usual case) runs on the tensors themselves: slicing
         # costs a few microseconds per tensor.
@@ -204,7 +223,7 @@ def _forward(input, weight, offset, mask, bias, stride, padding, dilation):
         o = (out if whole else out[n0:n1]).view(nc, O, P)
         if pixel_major:
             # Channels-last per chunk, so the copy stays within the chunk.
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = _channels_last(x, _STAGED_INPUT)
             _sample(x, off, m, c, (kh, kw), p, pixel_major=True)
             # out[n] = w @ cols[n]^T: a batched GEMM written into the output.
             torch.matmul(w[0], c.view(nc, P, K * C).transpose(1, 2), out=o)
@@ -258,8 +277,9 @@ def _backward(grad, input, weight, offset, mask, bias, stride, padding, dilation
         chunk = _chunk(geo, C * K * P * input.element_size(), dev, deterministic, pm)
         shape = col_shape(chunk)
         numel = chunk * C * K * P
-        cols = _workspace.get(numel, input.dtype, input.device, 0).view(shape) if need_w else None
-        gcols = (_workspace.get(numel, input.dtype, input.device, 1).view(shape)
+        cols = (_workspace.get(numel, input.dtype, input.device, _COLS).view(shape)
+                if need_w else None)
+        gcols = (_workspace.get(numel, input.dtype, input.device, _GRAD_COLS).view(shape)
                  if (need_in or coord) else None)
         for n0 in range(0, N, chunk):
             n1 = min(N, n0 + chunk)
@@ -275,7 +295,7 @@ def _backward(grad, input, weight, offset, mask, bias, stride, padding, dilation
             c = None if cols is None else (cols if nc == chunk else cols[:nc])
             # The sampling kernels read the input channels-last; col2im alone does not read it.
             if pm and (coord or need_w):
-                xc = xc.contiguous(memory_format=torch.channels_last)
+                xc = _channels_last(xc, _STAGED_INPUT)
             if gcols is not None:
                 gc = gcols if nc == chunk else gcols[:nc]
                 if pm:  # gcols[n] (P, K*C) = grad[n]^T @ w

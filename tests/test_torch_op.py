@@ -989,3 +989,26 @@ def test_kernel_arrays_read_alike_through_both_dlpack_paths(layout):
     assert torch.allclose(expected.view(N, C * K, H, W), cols_t, atol=1e-5)
     with pytest.raises(TypeError):
         _C.im2col([1.0], off, m, cols_t, *args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 64, 32, 32), (2, 13, 7, 9), (3, 8, 1, 5), (1, 24, 5, 17)])
+def test_to_channels_last_copies_every_layout(shape, dtype):
+    """The core's channels-last copy (8x8 register tiles plus ragged edges,
+    or element by element for other strides) equals torch's, bit for bit."""
+    from dcn_torch import _C
+    N, C, H, W = shape
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(N, C, H, 2 * W, generator=g).to(dtype)
+    views = {"contiguous": x[..., :W].contiguous(), "strided x": x[..., ::2],
+             "transposed planes": x[..., :W].transpose(2, 3).contiguous().transpose(2, 3),
+             "channels_last": x[..., :W].contiguous(memory_format=torch.channels_last)}
+    for name, v in views.items():
+        dst = torch.full((N, H, W, C), float("nan"), dtype=dtype).permute(0, 3, 1, 2)
+        _C.to_channels_last(v, dst)
+        assert torch.equal(dst, v), name
+    with pytest.raises(ValueError, match="dst"):
+        _C.to_channels_last(views["contiguous"], torch.empty(N, C, H, W, dtype=dtype))
+    with pytest.raises(ValueError, match="src"):
+        _C.to_channels_last(views["contiguous"].int(),
+                            torch.empty(N, H, W, C, dtype=torch.int32).permute(0, 3, 1, 2))

@@ -219,6 +219,30 @@ void im2col(const Array& input, const Array& offset, std::optional<Array> mask, 
                    mask ? mask->data() : nullptr, ms, columns.data(), cs);
 }
 
+// CPU: dst = src in channels-last order. dst is (N, C, H, W) with
+// channels-last strides over contiguous memory (an (N, H, W, C) buffer
+// permuted), src the same shape and dtype with any strides.
+void to_channels_last(const Array& src, Array dst) {
+  const Place place = on_device({{"src", &src}, {"dst", &dst}});
+  if (place.cuda) throw std::invalid_argument("to_channels_last: CPU tensors only");
+  if (src.ndim() != 4 || dst.ndim() != 4)
+    throw std::invalid_argument("to_channels_last: expected 4-D arrays");
+  const dcn::cpu::Shape4 shape{src.shape(0), src.shape(1), src.shape(2), src.shape(3)};
+  bool ok = dtype_of(dst) == dtype_of(src);
+  for (size_t i = 0; ok && i < 4; ++i) ok = dst.shape(i) == src.shape(i);
+  const int64_t C = shape.c, W = shape.w;
+  ok = ok && (C == 1 || dst.stride(1) == 1) && (W == 1 || dst.stride(3) == C) &&
+       (shape.h == 1 || dst.stride(2) == W * C) && (shape.n == 1 || dst.stride(0) == shape.h * W * C);
+  if (!ok)
+    throw std::invalid_argument(
+        "dst: expected src's shape and dtype with contiguous channels-last strides");
+  const dcn::DType dt = dtype_of(src);
+  if (dt == dcn::DType::Other)
+    throw std::invalid_argument("src: expected float32, float64, float16 or bfloat16");
+  nb::gil_scoped_release release;
+  dcn::cpu::to_channels_last(dt, shape, src.data(), strides4(src), dst.data());
+}
+
 // Validated arguments of col2im / coord_grad (shared by the fused call).
 struct Col2imArgs {
   dcn::DType dt;
@@ -436,6 +460,10 @@ NB_MODULE(_C, m) {
         nb::arg("padding"), nb::arg("dilation"), nb::arg("pixel_major") = false,
         "CPU: col2im and coord_grad in one parallel region (the same results as the two "
         "calls; no core waits at a barrier between them).");
+  m.def("to_channels_last", &to_channels_last, nb::arg("src").noconvert(),
+        nb::arg("dst").noconvert(),
+        "CPU: copy src (N, C, H, W), any strides, into dst, the same shape with "
+        "contiguous channels-last strides.");
   m.def("set_num_threads", &dcn::cpu::set_num_threads, nb::arg("n"));
   m.def("get_num_threads", &dcn::cpu::get_num_threads);
 }

@@ -132,7 +132,6 @@ Tasks coord_grad_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, cons
                       S* goff, Strides4 gos, S* gmask, Strides4 gms, S* cols_out) {
   using A = acc_t<S>;
   const int64_t cpg = geo.channels_per_offset_group();
-  const int64_t K = geo.kernel_points();
   if constexpr (std::is_same_v<S, float>) {
     if (channels_last_f32(geo, is, cs))
       return coord_grad_channels_last_f32(geo, gcol, cs, input, is, offset, os, mask, ms, goff,

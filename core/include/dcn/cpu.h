@@ -55,6 +55,17 @@ void col2im_and_coord_grad(DType dtype, const Geometry& geo, const void* grad_co
                            void* grad_offset, Strides4 grad_offset_s, void* grad_mask,
                            Strides4 grad_mask_s, void* columns_out = nullptr);
 
+// Logical sizes of a 4-D array.
+struct Shape4 {
+  int64_t n = 0, c = 0, h = 0, w = 0;
+};
+
+// dst (N, H, W, C), contiguous = src (N, C, H, W) with any strides: the
+// input as the channels-last kernels read it, when a frontend holds NCHW.
+// A copy of bits (every storage dtype); parallel over images and pixel spans.
+void to_channels_last(DType dtype, const Shape4& shape, const void* src, Strides4 src_s,
+                      void* dst);
+
 // Worker threads used by the kernels above (the caller's thread included).
 // 0 restores the default: the hardware concurrency.
 void set_num_threads(int n);
