@@ -6,7 +6,10 @@ Peers: onnxruntime's DeformConv (forward), torch.conv2d of the same shape
 (forward and forward+backward), and MLX (mx.conv2d and dcn_mlx) when
 installed. Prints median milliseconds and ratios; run:
 
-    python benchmarks/bench_cpu.py [--repeats 10] [--rounds 1] [--configs A,B,C] [--markdown]
+    python benchmarks/bench_cpu.py [--repeats 20] [--blocks 4] [--rounds 1] [--configs A,B,C] [--markdown]
+
+The torch-side functions (dcn, onnxruntime, torch.conv2d) are timed in
+interleaved blocks, so a machine whose speed drifts slows them alike.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import dcn_torch
-from timing import wall_times_ms  # benchmarks/ is on sys.path for a script
+from timing import interleaved_medians_ms, wall_times_ms  # benchmarks/ is on sys.path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
@@ -48,10 +51,19 @@ def make_inputs(cfg, seed=0):
     return x, w, b, off, mask
 
 
-def bench_torch(cfg, repeats):
+def bench_torch(cfg, repeats, blocks):
+    """dcn's forward and forward+backward, onnxruntime's forward and
+    torch.conv2d's, measured in interleaved blocks (timing.py), so that the
+    ratios compare calls made in the same stretch of time."""
     x, w, b, off, mask = make_inputs(cfg)
-    res = {}
-    res["dcn_fwd"] = timeit(lambda: dcn_torch.deform_conv2d(x, off, w, b, padding=1, mask=mask), repeats)
+    fns = {"dcn_fwd": lambda: dcn_torch.deform_conv2d(x, off, w, b, padding=1, mask=mask)}
+    try:
+        from oracles import ort_deform_conv2d
+
+        xn, wn, bn, offn, mn = (t.numpy() for t in (x, w, b, off, mask))
+        fns["ort_fwd"] = lambda: ort_deform_conv2d(xn, wn, offn, mn, bn, padding=(1, 1))
+    except Exception as e:  # onnxruntime not installed
+        print(f"# onnxruntime unavailable: {e}", file=sys.stderr)
 
     xs, ws, bs, offs, ms = (t.clone().requires_grad_() for t in (x, w, b, off, mask))
 
@@ -61,8 +73,8 @@ def bench_torch(cfg, repeats):
         out = dcn_torch.deform_conv2d(xs, offs, ws, bs, padding=1, mask=ms)
         out.sum().backward()
 
-    res["dcn_fwdbwd"] = timeit(fwd_bwd, repeats)
-    res["conv_fwd"] = timeit(lambda: F.conv2d(x, w, b, padding=1), repeats)
+    fns["dcn_fwdbwd"] = fwd_bwd
+    fns["conv_fwd"] = lambda: F.conv2d(x, w, b, padding=1)
     xc, wc, bc = (t.clone().requires_grad_() for t in (x, w, b))
 
     def conv_fwd_bwd():
@@ -70,15 +82,8 @@ def bench_torch(cfg, repeats):
             t.grad = None
         F.conv2d(xc, wc, bc, padding=1).sum().backward()
 
-    res["conv_fwdbwd"] = timeit(conv_fwd_bwd, repeats)
-    try:
-        from oracles import ort_deform_conv2d
-
-        xn, wn, bn, offn, mn = (t.numpy() for t in (x, w, b, off, mask))
-        res["ort_fwd"] = timeit(lambda: ort_deform_conv2d(xn, wn, offn, mn, bn, padding=(1, 1)), repeats)
-    except Exception as e:  # onnxruntime not installed
-        print(f"# onnxruntime unavailable: {e}", file=sys.stderr)
-    return res
+    fns["conv_fwdbwd"] = conv_fwd_bwd
+    return interleaved_medians_ms(fns, repeats, blocks)
 
 
 def bench_mlx(cfg, repeats):
@@ -142,10 +147,13 @@ def print_rounds(names, rounds):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=20, help="timed calls of each function")
+    ap.add_argument("--blocks", type=int, default=4,
+                    help="the torch-side functions take turns in this many blocks each")
     ap.add_argument("--rounds", type=int, default=1,
                     help="measure every config this many times and print each round's ratios")
     ap.add_argument("--configs", default="A,B,C")
+    ap.add_argument("--no-mlx", action="store_true", help="torch-side peers only")
     ap.add_argument("--markdown", action="store_true", help="print a README table (of the last round)")
     args = ap.parse_args()
 
@@ -159,8 +167,9 @@ def main():
         results = {}
         for name in names:
             cfg = CONFIGS[name]
-            r = bench_torch(cfg, args.repeats)
-            r.update(bench_mlx(cfg, max(3, args.repeats // 2)))
+            r = bench_torch(cfg, args.repeats, args.blocks)
+            if not args.no_mlx:
+                r.update(bench_mlx(cfg, max(3, args.repeats // 2)))
             results[name] = r
             print_config(name, cfg, r)
         rounds.append(results)

@@ -126,9 +126,9 @@ def _channels_last(x: Tensor, slot: int) -> Tensor:
     return dst
 
 
-# Workspace slots (_workspace.get): the columns, their gradient, and the
-# channels-last copy of the input.
-_COLS, _GRAD_COLS, _STAGED_INPUT = 0, 1, 2
+# Workspace slots (_workspace.get): the columns, their gradient, the
+# channels-last copy of the input, the forward GEMM's channels-last result.
+_COLS, _GRAD_COLS, _STAGED_INPUT, _GEMM_OUT = 0, 1, 2, 3
 
 
 # The CPU forward samples channels-last when a group has at least this many
@@ -207,7 +207,7 @@ def _forward(input, weight, offset, mask, bias, stride, padding, dilation):
     p = _params(stride, padding, dilation)
     pixel_major = _pixel_major(input, geo)
     w, col_shape = _layout(weight, geo, pixel_major)
-    b = None if bias is None else _detached(bias).view(1, O, 1)
+    b = None if bias is None else _detached(bias).contiguous()
     cols = _workspace.get(chunk * C * K * P, input.dtype, input.device,
                           _COLS).view(col_shape(chunk))
     for n0 in range(0, N, chunk):
@@ -225,15 +225,21 @@ def _forward(input, weight, offset, mask, bias, stride, padding, dilation):
             # Channels-last per chunk, so the copy stays within the chunk.
             x = _channels_last(x, _STAGED_INPUT)
             _sample(x, off, m, c, (kh, kw), p, pixel_major=True)
-            # out[n] = w @ cols[n]^T: a batched GEMM written into the output.
-            torch.matmul(w[0], c.view(nc, P, K * C).transpose(1, 2), out=o)
-        else:
-            _sample(x, off, m, c, (kh, kw), p)
-            # out[n, g] = w[g] @ cols[n, g]: a batched GEMM written into the output.
-            torch.matmul(w, c.view(nc, groups, (C // groups) * K, P),
-                         out=o.view(nc, groups, O // groups, P))
+            # One GEMM over the chunk's pixels with a channels-last result,
+            # (nc*P, O) = cols @ w^T, then NCHW plus the bias by the core.
+            # Measured here against w @ cols^T into NCHW (interleaved
+            # blocks): 1x64x32x32 0.75 -> 0.63 and 0.95 -> 0.57 ms,
+            # 1x256x64x64 51 -> 45 and 40 -> 35 ms, 4x64x56x56 the same.
+            t = _workspace.get(nc * P * O, input.dtype, input.device, _GEMM_OUT)
+            torch.mm(c.view(nc * P, K * C), w[0].t(), out=t.view(nc * P, O))
+            _C.from_channels_last(t.view(nc, Ho, Wo, O), b, o.view(nc, O, Ho, Wo))
+            continue
+        _sample(x, off, m, c, (kh, kw), p)
+        # out[n, g] = w[g] @ cols[n, g]: a batched GEMM written into the output.
+        torch.matmul(w, c.view(nc, groups, (C // groups) * K, P),
+                     out=o.view(nc, groups, O // groups, P))
         if b is not None:
-            o.add_(b)
+            o.add_(b.view(1, O, 1))
     return out
 
 

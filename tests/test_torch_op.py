@@ -1012,3 +1012,24 @@ def test_to_channels_last_copies_every_layout(shape, dtype):
     with pytest.raises(ValueError, match="src"):
         _C.to_channels_last(views["contiguous"].int(),
                             torch.empty(N, H, W, C, dtype=torch.int32).permute(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 64, 32, 32), (2, 13, 7, 9), (3, 8, 1, 5), (1, 24, 5, 17)])
+def test_from_channels_last_with_and_without_bias(shape, dtype):
+    """The forward's GEMM result (N, H, W, O) into NCHW by the core: a copy,
+    plus the bias rounded once as torch's add would."""
+    from dcn_torch import _C
+    N, C, H, W = shape
+    g = torch.Generator().manual_seed(5)
+    src = torch.randn(N, H, W, C, generator=g).to(dtype)
+    bias = torch.randn(C, generator=g).to(dtype)
+    for b in (None, bias):
+        dst = torch.full((N, C, H, W), float("nan"), dtype=dtype)
+        _C.from_channels_last(src, b, dst)
+        want = src.permute(0, 3, 1, 2) if b is None else src.permute(0, 3, 1, 2) + b.view(1, C, 1, 1)
+        assert torch.equal(dst, want)
+    with pytest.raises(ValueError, match="bias"):
+        _C.from_channels_last(src, bias[:-1], dst)
+    with pytest.raises(ValueError, match="src"):
+        _C.from_channels_last(src.permute(0, 3, 1, 2), None, dst)

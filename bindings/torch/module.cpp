@@ -243,6 +243,36 @@ void to_channels_last(const Array& src, Array dst) {
   dcn::cpu::to_channels_last(dt, shape, src.data(), strides4(src), dst.data());
 }
 
+bool c_contiguous(const Array& a) {
+  int64_t expect = 1;
+  for (size_t i = a.ndim(); i-- > 0;) {
+    if (a.shape(i) != 1 && a.stride(i) != expect) return false;
+    expect *= a.shape(i);
+  }
+  return true;
+}
+
+// CPU: dst (N, C, H, W) = src (N, H, W, C) + bias[c], both contiguous.
+void from_channels_last(const Array& src, std::optional<Array> bias, Array dst) {
+  const Place place = on_device({{"src", &src}, {"bias", opt(bias)}, {"dst", &dst}});
+  if (place.cuda) throw std::invalid_argument("from_channels_last: CPU tensors only");
+  if (src.ndim() != 4 || dst.ndim() != 4)
+    throw std::invalid_argument("from_channels_last: expected 4-D arrays");
+  const dcn::cpu::Shape4 shape{dst.shape(0), dst.shape(1), dst.shape(2), dst.shape(3)};
+  const dcn::DType dt = dtype_of(dst);
+  if (dt == dcn::DType::Other)
+    throw std::invalid_argument("dst: expected float32, float64, float16 or bfloat16");
+  if (dtype_of(src) != dt || src.shape(0) != shape.n || src.shape(1) != shape.h ||
+      src.shape(2) != shape.w || src.shape(3) != shape.c || !c_contiguous(src))
+    throw std::invalid_argument("src: expected a contiguous (N, H, W, C) array in dst's dtype");
+  if (!c_contiguous(dst)) throw std::invalid_argument("dst: expected a contiguous array");
+  if (bias && (dtype_of(*bias) != dt || bias->ndim() != 1 || bias->shape(0) != shape.c ||
+               !c_contiguous(*bias)))
+    throw std::invalid_argument("bias: expected a contiguous (C,) array in dst's dtype");
+  nb::gil_scoped_release release;
+  dcn::cpu::from_channels_last(dt, shape, src.data(), bias ? bias->data() : nullptr, dst.data());
+}
+
 // Validated arguments of col2im / coord_grad (shared by the fused call).
 struct Col2imArgs {
   dcn::DType dt;
@@ -464,6 +494,10 @@ NB_MODULE(_C, m) {
         nb::arg("dst").noconvert(),
         "CPU: copy src (N, C, H, W), any strides, into dst, the same shape with "
         "contiguous channels-last strides.");
+  m.def("from_channels_last", &from_channels_last, nb::arg("src").noconvert(),
+        nb::arg("bias").noconvert().none(), nb::arg("dst").noconvert(),
+        "CPU: dst (N, C, H, W) = src (N, H, W, C) + bias[c] (bias may be None), both "
+        "contiguous.");
   m.def("set_num_threads", &dcn::cpu::set_num_threads, nb::arg("n"));
   m.def("get_num_threads", &dcn::cpu::get_num_threads);
 }

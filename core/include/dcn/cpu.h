@@ -66,6 +66,12 @@ struct Shape4 {
 void to_channels_last(DType dtype, const Shape4& shape, const void* src, Strides4 src_s,
                       void* dst);
 
+// dst (N, C, H, W), contiguous = src (N, H, W, C), contiguous, plus bias[c]
+// when bias is not null (added in the accumulation type, rounded once): a
+// GEMM's channels-last output as an NCHW one.
+void from_channels_last(DType dtype, const Shape4& shape, const void* src, const void* bias,
+                        void* dst);
+
 // Worker threads used by the kernels above (the caller's thread included).
 // 0 restores the default: the hardware concurrency.
 void set_num_threads(int n);
