@@ -17,6 +17,7 @@
 #include "plan.h"
 #include "scatter_runs.h"
 #include "tasks.h"
+#include "transpose.h"
 
 namespace dcn::cpu {
 namespace {
@@ -24,6 +25,7 @@ namespace {
 // Channels per block of the channels-last scatter. Measured (2 threads): 1x256x64x64
 // 5.3 ms at 128 (12.6 at 32, 8.3 at 256; 6.6 channel-major); 8x64x56x56 1.4 ms/image.
 constexpr int64_t kRunChannels = 128;
+constexpr int64_t kMinRunChannels = 32;
 
 // The scratch (H*W pixels, `block` floats apart, channels [0, nch)) into
 // grad_input's layout, a tile of pixels at a time: the tile's rows of the
@@ -31,6 +33,11 @@ constexpr int64_t kRunChannels = 128;
 template <typename A>
 void write_out(const A* scratch, int64_t block, int64_t nch, A* first_plane, Strides4 gs,
                int64_t H, int64_t W) {
+  if (gs.x == 1 && gs.y == W) {
+    // Contiguous planes (NCHW): the (H*W, nch) scratch transposed in 8x8
+    // register tiles (transpose.h). 1x64x32x32: 0.10 -> 0.03 ms.
+    return transpose(scratch, block, first_plane, gs.c, H * W, nch);
+  }
   constexpr int64_t kOutTile = 32;
   int64_t at[kOutTile];
   for (int64_t p0 = 0; p0 < H * W; p0 += kOutTile) {
@@ -71,8 +78,16 @@ Tasks col2im_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const S*
     runs = (g * cpg) / cs.block == (g * cpg + cpg - 1) / cs.block;
   const bool channels_last = runs && gs.c == 1;
   const bool via_scratch = runs && gs.c != 1;
-  const int64_t max_blocks = runs ? ceil_div(cpg, kRunChannels) : cpg;
-  const int64_t blocks = std::min(max_blocks, std::max<int64_t>(want, 1));
+  // Runs: blocks of at most kRunChannels, and with fewer (image, group)
+  // pairs than threads (one image, say) split further, down to
+  // kMinRunChannels, so that every thread gets a block instead of waiting
+  // for one core's scatter. 1x64x32x32 (2 threads), col2im alone: 0.44-0.49
+  // -> 0.26-0.29 ms.
+  const int64_t per_thread = ceil_div(int64_t(get_num_threads()), std::max<int64_t>(outer, 1));
+  const int64_t blocks =
+      runs ? std::max(ceil_div(cpg, kRunChannels),
+                      std::min(ceil_div(cpg, kMinRunChannels), per_thread))
+           : std::min(cpg, std::max<int64_t>(want, 1));
   const int64_t block = ceil_div(cpg, blocks);
   // The image the scatter adds into: grad_input, or the scratch (H, W, block).
   const Strides4 is = via_scratch ? Strides4{0, 1, geo.width * block, block} : gs;
