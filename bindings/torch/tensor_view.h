@@ -3,9 +3,9 @@
 //
 // Why not nb::ndarray alone: it imports through the array's __dlpack__()
 // method, which for torch is Python code that builds a capsule, about 6 us
-// per argument here (a kernel call takes four to eight arrays). torch >= 2.10
-// also publishes DLPack's C exchange API (DLPack 1.3: a capsule named
-// "dlpack_exchange_api" in the type attribute __dlpack_c_exchange_api__),
+// per argument here (a kernel call takes four to eight arrays). Recent torch
+// (2.13 here) also publishes DLPack's C exchange API (DLPack 1.3: a capsule
+// named "dlpack_exchange_api" in the type attribute __dlpack_c_exchange_api__),
 // whose dltensor_from_py_object_no_sync fills a DLTensor in C, with no
 // allocation. The view is valid while the call runs: the caller's Python
 // objects keep the tensors alive. Arrays without that API (older torch,
