@@ -113,6 +113,14 @@ def _sample(input: Tensor, offset: Tensor, mask: Optional[Tensor], cols: Tensor,
               _stream(input), pixel_major)
 
 
+def _batch_slice(t: Optional[Tensor], start: int, stop: int) -> Optional[Tensor]:
+    """t[start:stop] along the batch, or t itself when that is all of it (a
+    batch in one chunk, the usual case): slicing costs a few microseconds."""
+    if t is None or (start == 0 and stop == t.shape[0]):
+        return t
+    return t[start:stop]
+
+
 def _channels_last(x: Tensor, slot: int) -> Tensor:
     """x (N, C, H, W) in channels-last memory: x itself when it already is,
     else a copy made by the core into a cached buffer. torch's own
@@ -211,16 +219,11 @@ def _forward(input, weight, offset, mask, bias, stride, padding, dilation):
     cols = _workspace.get(chunk * C * K * P, input.dtype, input.device,
                           _COLS).view(col_shape(chunk))
     for n0 in range(0, N, chunk):
-        # One chunk (the usual case) runs on the tensors themselves: slicing
-        # costs a few microseconds per tensor.
-        whole = chunk == N
         n1 = min(N, n0 + chunk)
         nc = n1 - n0
-        x = input if whole else input[n0:n1]
-        off = offset if whole else offset[n0:n1]
-        m = mask if (whole or mask is None) else mask[n0:n1]
-        c = cols if nc == chunk else cols[:nc]
-        o = (out if whole else out[n0:n1]).view(nc, O, P)
+        x, off, m, o = (_batch_slice(t, n0, n1) for t in (input, offset, mask, out))
+        c = _batch_slice(cols, 0, nc)
+        o = o.view(nc, O, P)
         if pixel_major:
             # Channels-last per chunk, so the copy stays within the chunk.
             x = _channels_last(x, _STAGED_INPUT)
@@ -291,20 +294,15 @@ def _backward(grad, input, weight, offset, mask, bias, stride, padding, dilation
         for n0 in range(0, N, chunk):
             n1 = min(N, n0 + chunk)
             nc = n1 - n0
-            whole = nc == N  # one chunk (the usual case): no slicing
-
-            def rows(t):
-                return t if (whole or t is None) else t[n0:n1]
-
-            gv = rows(g).view(nc, groups, Og, P)
-            xc, off, mc = rows(input), rows(offset), rows(mask)
-            gi, go, gm = rows(grad_input), rows(grad_offset), rows(grad_mask)
-            c = None if cols is None else (cols if nc == chunk else cols[:nc])
+            gv = _batch_slice(g, n0, n1).view(nc, groups, Og, P)
+            xc, off, mc = (_batch_slice(t, n0, n1) for t in (input, offset, mask))
+            gi, go, gm = (_batch_slice(t, n0, n1) for t in (grad_input, grad_offset, grad_mask))
+            c = _batch_slice(cols, 0, nc)
             # The sampling kernels read the input channels-last; col2im alone does not read it.
             if pm and (coord or need_w):
                 xc = _channels_last(xc, _STAGED_INPUT)
             if gcols is not None:
-                gc = gcols if nc == chunk else gcols[:nc]
+                gc = _batch_slice(gcols, 0, nc)
                 if pm:  # gcols[n] (P, K*C) = grad[n]^T @ w
                     torch.matmul(gv[:, 0].transpose(1, 2), w[0], out=gc.view(nc, P, K * C))
                 else:
