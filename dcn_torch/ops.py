@@ -295,7 +295,9 @@ def _backward(grad, input, weight, offset, mask, bias, stride, padding, dilation
     # even with pixel-major columns: col2im then scatters channels-last into
     # its own scratch and writes this layout out (no transposing copy).
     grad_input = torch.empty(input.shape, dtype=acc, device=dev) if need_in else None
-    grad_weight = torch.zeros((groups, O // groups, Cg * K), dtype=acc, device=dev) if need_w else None
+    # Pixel-major: accumulated transposed, (kh*kw*C, O) (see _backward_pixel_major).
+    gw_shape = (K * C, O) if pm else (groups, O // groups, Cg * K)
+    grad_weight = torch.zeros(gw_shape, dtype=acc, device=dev) if need_w else None
     coord = need_off or need_mask  # the offset/mask gradient kernel runs
     grad_offset = offset.new_empty(offset.shape) if coord else None
     grad_mask = mask.new_empty(mask.shape) if (mask is not None and coord) else None
@@ -317,13 +319,9 @@ def _backward(grad, input, weight, offset, mask, bias, stride, padding, dilation
         gi = grad_input if grad_input.dtype == input.dtype else grad_input.to(input.dtype)
     else:
         gi = input.new_empty((0,))
-    if need_w and pm and grad_weight.dtype == weight.dtype:
-        # (O, kh, kw, C) -> (O, C, kh, kw) by the core (one call, no temporary).
-        gw = weight.new_empty(weight.shape)
-        _C.from_channels_last(grad_weight.view(O, kh, kw, Cg), None, gw)
-    elif need_w and pm:
-        gw = grad_weight.view(O, kh, kw, Cg).permute(0, 3, 1, 2).to(
-            weight.dtype, memory_format=torch.contiguous_format)
+    if need_w and pm:  # (kh*kw, C, O) -> (O, C, kh, kw)
+        gw = grad_weight.view(K, C, O).permute(2, 1, 0).to(
+            weight.dtype, memory_format=torch.contiguous_format).view(weight.shape)
     elif need_w:
         gw = grad_weight.view(weight.shape)
         gw = gw if gw.dtype == weight.dtype else gw.to(weight.dtype)
@@ -344,7 +342,8 @@ def _backward_pixel_major(g, input, weight, offset, mask, geo, stride, padding, 
     """The CPU backward with channels-last sampling (as _forward_pixel_major):
     grad_cols (n, P, K*C) = grad[n]^T @ w, then col2im and the coordinate
     gradient in one parallel region, which also recompute the forward's
-    columns for grad_weight (O, K*C) += grad[n] @ cols[n]."""
+    columns for the weight gradient, accumulated transposed:
+    grad_weight (K*C, O) += cols[n]^T @ grad[n]^T."""
     N, C, O = geo["batch"], geo["channels"], geo["out_channels"]
     kh, kw = geo["kernel"]
     Ho, Wo = geo["out_size"]
@@ -356,7 +355,7 @@ def _backward_pixel_major(g, input, weight, offset, mask, geo, stride, padding, 
     chunk = _chunk(geo, KC * P * input.element_size(), dev, False, True)
     cols = _workspace.get(chunk * P * KC, dt, dev, _COLS) if need_w else None
     gcols = _workspace.get(chunk * P * KC, dt, dev, _GRAD_COLS) if (need_in or coord) else None
-    gw = grad_weight.view(O, KC) if need_w else None
+    gw = grad_weight
     kernel = (kh, kw)
     for n0 in range(0, N, chunk):
         n1 = min(N, n0 + chunk)
@@ -384,13 +383,17 @@ def _backward_pixel_major(g, input, weight, offset, mask, geo, stride, padding, 
         if need_w and not coord:  # otherwise the coordinate gradient wrote them
             _C.im2col(xc, off, mc, c, kernel, stride, padding, dilation, 0, True)
         if need_w:
-            # grad_weight (O, K*C) += grad[n] @ cols[n], image by image in
-            # batch order, so the sum does not depend on the chunking.
+            # grad_weight^T (K*C, O) += cols[n]^T @ grad[n]^T, image by image
+            # in batch order, so the sum does not depend on the chunking. This
+            # orientation measured faster than grad[n] @ cols[n] here (MKL,
+            # interleaved): 1x64x32x32 1.03 -> 0.94 ms, 1x256x64x64 48 -> 42
+            # ms, an image of 8x64x56x56 3.4 -> 2.6 ms.
             for i in range(nc):
+                ct, gt = c[i].view(P, KC).t(), gv[i].t()
                 if gv.dtype != gw.dtype:  # half types: GEMM in the storage dtype, sum in float32
-                    gw += torch.mm(gv[i], c[i].view(P, KC))
+                    gw += torch.mm(ct, gt)
                 else:
-                    gw.addmm_(gv[i], c[i].view(P, KC))
+                    gw.addmm_(ct, gt)
 
 
 def _backward_channel_major(g, input, weight, offset, mask, geo, stride, padding, dilation,
