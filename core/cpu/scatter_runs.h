@@ -24,6 +24,24 @@ inline void scatter_runs(const PlanEntry<A>* plan, int64_t len, A* image, const 
       const char* pf = reinterpret_cast<const char*>(g + 6 * col_p);
       for (int64_t b = 0; b < n * int64_t(sizeof(S)); b += 64) __builtin_prefetch(pf + b);
     }
+    if (e.valid == 15u) {
+      // All four corners: each gradient vector loaded once for the four of
+      // them (the corners are distinct pixels, so every element still gets
+      // its additions in the same order as below).
+      A* __restrict d0 = image + e.base + co.at[0];
+      A* __restrict d1 = image + e.base + co.at[1];
+      A* __restrict d2 = image + e.base + co.at[2];
+      A* __restrict d3 = image + e.base + co.at[3];
+      const A w0 = e.w[0], w1 = e.w[1], w2 = e.w[2], w3 = e.w[3];
+      for (int64_t c = 0; c < n; ++c) {
+        const A v = A(load(g[c]));
+        d0[c] += w0 * v;
+        d1[c] += w1 * v;
+        d2[c] += w2 * v;
+        d3[c] += w3 * v;
+      }
+      continue;
+    }
     for (int q = 0; q < 4; ++q) {
       if (!(e.valid >> q & 1u)) continue;
       A* __restrict dst = image + e.base + co.at[q];
