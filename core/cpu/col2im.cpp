@@ -56,7 +56,8 @@ void write_out(const A* scratch, int64_t block, int64_t nch, A* first_plane, Str
 
 template <typename S>
 Tasks col2im_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const S* offset,
-                  Strides4 os, const S* mask, Strides4 ms, acc_t<S>* grad, Strides4 gs) {
+                  Strides4 os, const S* mask, Strides4 ms, acc_t<S>* grad, Strides4 gs,
+                  bool split_for_threads) {
   using A = acc_t<S>;
   const int64_t cpg = geo.channels_per_offset_group();
   const int64_t K = geo.kernel_points();
@@ -83,7 +84,8 @@ Tasks col2im_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const S*
   // kMinRunChannels, so that every thread gets a block instead of waiting
   // for one core's scatter. 1x64x32x32 (2 threads), col2im alone: 0.44-0.49
   // -> 0.26-0.29 ms.
-  const int64_t per_thread = ceil_div(int64_t(get_num_threads()), std::max<int64_t>(outer, 1));
+  const int64_t per_thread =
+      split_for_threads ? ceil_div(int64_t(get_num_threads()), std::max<int64_t>(outer, 1)) : 1;
   const int64_t blocks =
       runs ? std::max(ceil_div(cpg, kRunChannels),
                       std::min(ceil_div(cpg, kMinRunChannels), per_thread))
@@ -227,13 +229,15 @@ Tasks col2im_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const S*
 
 Tasks col2im_tasks(DType dtype, const Geometry& geo, const void* grad_columns,
                    ColumnStrides columns_s, const void* offset, Strides4 offset_s,
-                   const void* mask, Strides4 mask_s, void* grad_input, Strides4 grad_input_s) {
+                   const void* mask, Strides4 mask_s, void* grad_input, Strides4 grad_input_s,
+                   bool split_for_threads) {
   Tasks tasks;
   dispatch_storage(dtype, [&](auto tag) {
     using S = decltype(tag);
     tasks = col2im_impl<S>(geo, static_cast<const S*>(grad_columns), columns_s,
                            static_cast<const S*>(offset), offset_s, static_cast<const S*>(mask),
-                           mask_s, static_cast<acc_t<S>*>(grad_input), grad_input_s);
+                           mask_s, static_cast<acc_t<S>*>(grad_input), grad_input_s,
+                           split_for_threads);
   });
   return tasks;
 }

@@ -21,10 +21,13 @@ struct Tasks {
 
 // The tasks of col2im and coord_grad (same arguments as in dcn/cpu.h); a
 // Tasks object reads and writes the buffers it was made for, and owns any
-// scratch it needs.
+// scratch it needs. split_for_threads: cut col2im's channel runs finer so
+// that every thread gets a task of its own (col2im alone); false when other
+// tasks share the parallel region and keep the other threads busy.
 Tasks col2im_tasks(DType dtype, const Geometry& geo, const void* grad_columns,
                    ColumnStrides columns_s, const void* offset, Strides4 offset_s,
-                   const void* mask, Strides4 mask_s, void* grad_input, Strides4 grad_input_s);
+                   const void* mask, Strides4 mask_s, void* grad_input, Strides4 grad_input_s,
+                   bool split_for_threads = true);
 Tasks coord_grad_tasks(DType dtype, const Geometry& geo, const void* grad_columns,
                        ColumnStrides columns_s, const void* input, Strides4 input_s,
                        const void* offset, Strides4 offset_s, const void* mask, Strides4 mask_s,
