@@ -20,33 +20,12 @@ namespace {
 template <typename A, typename S>
 void build_plan(const Geometry& geo, const TileTask& task, const S* offset, Strides4 os,
                 const S* mask, Strides4 ms, Strides4 is, GradEntry<A>* plan) {
+  if constexpr (std::is_same_v<S, float>) {
+    if (plan_lanes_apply(geo))
+      return build_grad_plan_f32(geo, task, offset, os, mask, ms, is.y, is.x, plan);
+  }
   for_each_sample<A>(geo, task, offset, os, mask, ms, [&](int64_t i, A y, A x, A m) {
-    GradEntry<A>& e = plan[i];
-    BilinearPoint<A, int64_t> pt;
-    if (interior_sample(geo, y, x, &pt)) {
-      const Weights4<A> w = bilinear_weights(pt.ly, pt.lx, A(1));
-      e.base = pt.y0 * is.y + pt.x0 * is.x;
-      for (int q = 0; q < 4; ++q) e.wm[q] = m * w.w[q];
-      e.fy = pt.ly;
-      e.fx = pt.lx;
-      e.valid = 15u;
-      e.mask = m;
-      return;
-    }
-    // Unmodulated weights: the mask scales the offset gradient at the end
-    // and does not enter the mask's own gradient.
-    const Corners<A, int64_t> c =
-        bilinear_corners<A, int64_t>(y, x, geo.height, geo.width, is.y, is.x, A(1), true);
-    e.base = c.base;
-    for (int q = 0; q < 4; ++q) e.wm[q] = m * c.w[q];
-    // Only samples with a corner outside the plane read the per-corner
-    // weights (coord_step); the copy (~120 bytes) is a fifth of the plan's
-    // cost, so interior samples skip it.
-    if (c.valid != 15u) e.corners = c;
-    e.fy = c.fy;
-    e.fx = c.fx;
-    e.valid = c.valid;
-    e.mask = m;
+    grad_entry(geo, y, x, m, is.y, is.x, &plan[i]);
   });
 }
 

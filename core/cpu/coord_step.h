@@ -20,6 +20,44 @@ struct GradEntry {
                                 // set only when valid != 15 (the only readers)
 };
 
+// The entry of one sample at (y, x) with mask value m, corners in a plane
+// of element strides (sy, sx).
+template <typename A>
+inline void grad_entry(const Geometry& geo, A y, A x, A m, int64_t sy, int64_t sx,
+                       GradEntry<A>* out) {
+  GradEntry<A>& e = *out;
+  BilinearPoint<A, int64_t> pt;
+  if (interior_sample(geo, y, x, &pt)) {
+    const Weights4<A> w = bilinear_weights(pt.ly, pt.lx, A(1));
+    e.base = pt.y0 * sy + pt.x0 * sx;
+    for (int q = 0; q < 4; ++q) e.wm[q] = m * w.w[q];
+    e.fy = pt.ly;
+    e.fx = pt.lx;
+    e.valid = 15u;
+    e.mask = m;
+    return;
+  }
+  // Unmodulated weights: the mask scales the offset gradient at the end
+  // and does not enter the mask's own gradient.
+  const Corners<A, int64_t> c =
+      bilinear_corners<A, int64_t>(y, x, geo.height, geo.width, sy, sx, A(1), true);
+  e.base = c.base;
+  for (int q = 0; q < 4; ++q) e.wm[q] = m * c.w[q];
+  // Only samples with a corner outside the plane read the per-corner
+  // weights (coord_step); the copy (~120 bytes) is a fifth of the plan's
+  // cost, so interior samples skip it.
+  if (c.valid != 15u) e.corners = c;
+  e.fy = c.fy;
+  e.fx = c.fx;
+  e.valid = c.valid;
+  e.mask = m;
+}
+
+// float32 plans, 8 pixels at a time (plan_lanes.cpp).
+void build_grad_plan_f32(const Geometry& geo, const TileTask& task, const float* offset,
+                         Strides4 os, const float* mask, Strides4 ms, int64_t sy, int64_t sx,
+                         GradEntry<float>* plan);
+
 // One sample, one channel: adds grad_column gv times d(value)/dy, d/dx and
 // the unmodulated value to ay, ax, am, and writes the forward's column to
 // *col_out when given. Interior samples interpolate along x, then y (the

@@ -8,6 +8,7 @@
 #pragma once
 #include <cstdint>
 #include <stdexcept>
+#include <type_traits>
 
 #include "dcn/cpu.h"
 #include "dcn/sampling.h"
@@ -121,25 +122,41 @@ inline bool interior_sample(const Geometry& geo, A y, A x, BilinearPoint<A, int6
   return all_corners_inside(*pt, geo.height, geo.width);
 }
 
+// The value plan entry of one sample at (y, x) with mask value m, corners
+// in a plane of element strides (sy, sx).
+template <typename A>
+inline PlanEntry<A> value_entry(const Geometry& geo, A y, A x, A m, int64_t sy, int64_t sx) {
+  BilinearPoint<A, int64_t> pt;
+  if (interior_sample(geo, y, x, &pt)) {
+    const Weights4<A> w = bilinear_weights(pt.ly, pt.lx, m);
+    PlanEntry<A> e;
+    e.base = pt.y0 * sy + pt.x0 * sx;
+    for (int q = 0; q < 4; ++q) e.w[q] = w.w[q];
+    // As plan_entry: a sample whose weights are all 0 (mask 0) reads nothing.
+    e.valid = (w.w[0] != A(0) || w.w[1] != A(0) || w.w[2] != A(0) || w.w[3] != A(0)) ? 15u : 0u;
+    return e;
+  }
+  return plan_entry(bilinear_corners<A, int64_t>(y, x, geo.height, geo.width, sy, sx, m, false));
+}
+
+// float32 value plans, 8 pixels at a time (plan_lanes.h).
+bool plan_lanes_apply(const Geometry& geo);
+void build_value_plan_f32(const Geometry& geo, const TileTask& task, const float* offset,
+                          Strides4 os, const float* mask, Strides4 ms, int64_t sy, int64_t sx,
+                          PlanEntry<float>* plan);
+
 // The value plan of one task (what im2col and col2im need): plan[i] for
 // output pixel p0 + i, corners in a plane of element strides (sy, sx).
 template <typename A, typename S>
 inline void build_value_plan(const Geometry& geo, const TileTask& task, const S* offset,
                              Strides4 os, const S* mask, Strides4 ms, int64_t sy, int64_t sx,
                              PlanEntry<A>* plan) {
+  if constexpr (std::is_same_v<S, float>) {
+    if (plan_lanes_apply(geo))
+      return build_value_plan_f32(geo, task, offset, os, mask, ms, sy, sx, plan);
+  }
   for_each_sample<A>(geo, task, offset, os, mask, ms, [&](int64_t i, A y, A x, A m) {
-    BilinearPoint<A, int64_t> pt;
-    if (interior_sample(geo, y, x, &pt)) {
-      const Weights4<A> w = bilinear_weights(pt.ly, pt.lx, m);
-      PlanEntry<A>& e = plan[i];
-      e.base = pt.y0 * sy + pt.x0 * sx;
-      for (int q = 0; q < 4; ++q) e.w[q] = w.w[q];
-      // As plan_entry: a sample whose weights are all 0 (mask 0) reads nothing.
-      e.valid = (w.w[0] != A(0) || w.w[1] != A(0) || w.w[2] != A(0) || w.w[3] != A(0)) ? 15u : 0u;
-      return;
-    }
-    plan[i] = plan_entry(bilinear_corners<A, int64_t>(y, x, geo.height, geo.width, sy, sx, m,
-                                                       false));
+    plan[i] = value_entry(geo, y, x, m, sy, sx);
   });
 }
 
