@@ -58,20 +58,20 @@ def get_workspace_limit() -> int:
 
 # On the CPU a chunk is also kept near cache size. The backward writes the
 # column gradient, then col2im, coord_grad and the weight GEMM each read it
-# (and the columns): columns that stay in L2/L3 between those passes beat a
-# bigger batched GEMM. The forward has one consumer (the GEMM), which prefers
-# a few images at once. Measured on 8x64x56x56 (7.2 MB of columns per
-# image): forward+backward 83-87 ms with the whole batch in one chunk, 65-71
-# ms with one image per chunk; the forward alone 23 ms with one image, 19-20
-# ms with 2-4 images, 21 ms with 8. A kernel that parallelises over images
-# asks for one image per thread (min_images): the channels-last backward at
-# 2 threads, 39.7 ms with one image per chunk, 32.2 ms with two.
-CPU_CHUNK_TARGET_BYTES = 8 * 1024 * 1024  # backward
-CPU_FORWARD_CHUNK_TARGET_BYTES = 32 * 1024 * 1024
+# (and the columns); the forward writes the columns and its GEMM reads them:
+# columns that stay in L2/L3 between those passes beat a bigger batched
+# GEMM. Measured on 8x64x56x56 (6.9 MiB of columns per image):
+# forward+backward 83-87 ms with the whole batch in one chunk, 65-71 ms with
+# one image per chunk. The forward, with the channels-last GEMM (interleaved,
+# targets of 8 vs 32 MiB): 8x64x56x56 27.4 vs 32.1 ms and 31.8 vs 34.2 ms,
+# 4x256x32x32 39.3 vs 44.3 ms, 16x64x28x28 12.3 vs 13.9 ms and 12.0 vs 13.9
+# ms. A kernel that parallelises over images asks for one image per thread
+# (min_images): the channels-last backward at 2 threads, 39.7 ms with one
+# image per chunk, 32.2 ms with two.
+CPU_CHUNK_TARGET_BYTES = 8 * 1024 * 1024
 
 
-def chunk_size(batch: int, bytes_per_image: int, cpu: bool = True, forward: bool = False,
-               min_images: int = 1) -> int:
+def chunk_size(batch: int, bytes_per_image: int, cpu: bool = True, min_images: int = 1) -> int:
     """Images per batch chunk: within the workspace budget (at least one
     image) and, on the CPU, near the cache-friendly target above but not
     below ``min_images`` (what a kernel needs to keep every thread busy)."""
@@ -81,8 +81,7 @@ def chunk_size(batch: int, bytes_per_image: int, cpu: bool = True, forward: bool
     budget = _workspace_bytes // per_image
     chunk = budget
     if cpu:
-        target = CPU_FORWARD_CHUNK_TARGET_BYTES if forward else CPU_CHUNK_TARGET_BYTES
-        chunk = min(chunk, max(target // per_image, min(min_images, budget)))
+        chunk = min(chunk, max(CPU_CHUNK_TARGET_BYTES // per_image, min(min_images, budget)))
     return max(1, min(batch, chunk))
 
 

@@ -228,7 +228,7 @@ def _forward_pixel_major(input, weight, offset, mask, bias, geo, stride, padding
     wt = _weight_channels_last(weight, geo).t()
     if bias is not None and not bias.is_contiguous():
         bias = bias.contiguous()
-    chunk = _config.chunk_size(N, KC * P * input.element_size(), forward=True)
+    chunk = _config.chunk_size(N, KC * P * input.element_size())
     cols = _workspace.get(chunk * P * KC, dt, dev, _COLS)
     gemm_out = _workspace.get(chunk * P * O, dt, dev, _GEMM_OUT)
     for n0 in range(0, N, chunk):
@@ -258,8 +258,7 @@ def _forward_channel_major(input, weight, offset, mask, bias, geo, stride, paddi
     kh, kw = geo["kernel"]
     Ho, Wo = geo["out_size"]
     K, P = kh * kw, Ho * Wo
-    chunk = _config.chunk_size(N, C * K * P * input.element_size(), cpu=not input.is_cuda,
-                               forward=True)
+    chunk = _config.chunk_size(N, C * K * P * input.element_size(), cpu=not input.is_cuda)
     w = weight.reshape(groups, O // groups, (C // groups) * K)
     cols = _workspace.get(chunk * C * K * P, input.dtype, input.device, _COLS)
     stream = _stream(input)
