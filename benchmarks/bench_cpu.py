@@ -22,9 +22,9 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from timing import interleaved_medians_ms, wall_times_ms  # benchmarks/ is on sys.path
 
 import dcn_torch
-from timing import interleaved_medians_ms, wall_times_ms  # benchmarks/ is on sys.path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))

@@ -48,9 +48,9 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
+from timing import wall_times_ms  # benchmarks/ is on sys.path for a script
 
 import dcn_torch
-from timing import wall_times_ms  # benchmarks/ is on sys.path for a script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
