@@ -205,7 +205,7 @@ def _forward(input, weight, offset, mask, bias, stride, padding, dilation):
     if N == 0:
         return out
     _prepare(input)
-    input, offset, mask, bias = (_detached(t) for t in (input, offset, mask, bias))
+    input, weight, offset, mask, bias = (_detached(t) for t in (input, weight, offset, mask, bias))
     if _pixel_major(input, geo):
         _forward_pixel_major(input, weight, offset, mask, bias, geo, stride, padding, dilation, out)
     else:
@@ -304,7 +304,7 @@ def _backward(grad, input, weight, offset, mask, bias, stride, padding, dilation
     if N > 0 and (need_in or need_w or coord):
         _prepare(input)
         g = _detached(grad).contiguous()
-        input, offset, mask = _detached(input), _detached(offset), _detached(mask)
+        input, weight, offset, mask = (_detached(t) for t in (input, weight, offset, mask))
         if pm:
             _backward_pixel_major(g, input, weight, offset, mask, geo, stride, padding, dilation,
                                   grad_input, grad_weight, grad_offset, grad_mask)

@@ -303,6 +303,39 @@ def test_backward_op_matches_autograd():
         assert torch.equal(v, grads[k]), k
 
 
+@pytest.mark.parametrize("name", ["basic", "channels_last_path"])
+def test_detached_path_of_older_torch_gives_the_same_results(name, monkeypatch):
+    # torch without DLPack's C exchange API hands the binding tensors through
+    # __dlpack__(), which refuses tensors that require grad: ops detaches
+    # every tensor it passes to the core there (ops._MUST_DETACH). Forced on
+    # here, with the binding refusing such tensors as that path would, the
+    # results must not change by a bit.
+    from dcn_torch import ops
+
+    class RefusingBinding:
+        def __getattr__(self, attr):
+            fn = getattr(real, attr)
+
+            def checked(*args):
+                for a in args:
+                    if isinstance(a, torch.Tensor) and a.requires_grad:
+                        raise RuntimeError(f"_C.{attr} got a tensor that requires grad")
+                return fn(*args)
+            return checked
+
+    real = ops._C
+    case = {**CASES["basic"], "C": 16, "O": 4} if name == "channels_last_path" else CASES[name]
+    c = make_case(**case, dtype=torch.float32, requires_grad=True)
+    out_d, g_d = out_and_grads(c)
+    monkeypatch.setattr(ops, "_MUST_DETACH", True)
+    monkeypatch.setattr(ops, "_C", RefusingBinding())
+    ops._GEOMETRY_CACHE.clear()
+    out_c, g_c = out_and_grads(c)
+    assert torch.equal(out_c, out_d)
+    for k in g_d:
+        assert torch.equal(g_c[k], g_d[k]), k
+
+
 # ---------------------------------------------------------------------------
 # gradcheck (float64, all five inputs)
 # ---------------------------------------------------------------------------
