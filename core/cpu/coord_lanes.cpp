@@ -1,13 +1,6 @@
 // See coord_lanes.h. Built for AVX-512 and AVX2 as well as the baseline where
 // clones.h allows; the fixed 8 lanes make every clone compute the same bits.
-//
-// The lane type is a 32-byte vector; only inlined helpers take it by value,
-// so the baseline ABI note about passing it does not concern any interface.
-#if defined(__clang__)
-#pragma clang diagnostic ignored "-Wpsabi"
-#elif defined(__GNUC__)
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
+#include "lanes8.h"  // first: its -Wpsabi note
 
 #include "coord_lanes.h"
 
@@ -16,24 +9,11 @@
 #include "dcn/sampling.h"
 #include "clones.h"
 
-// Inlined into each clone, so they are compiled for the clone's ISA.
-#define DCN_INLINE inline __attribute__((always_inline))
-
 namespace dcn::cpu {
 namespace {
 
-typedef float v8f __attribute__((vector_size(32)));
+using namespace lanes8;
 static_assert(kCoordLanes == 8, "the lane type holds kCoordLanes floats");
-
-DCN_INLINE v8f load8(const float* p) {
-  v8f v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-DCN_INLINE void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
-
-DCN_INLINE v8f splat(float x) { return v8f{} + x; }
 
 // The fixed tree over the lanes (coord_lanes.h),
 // ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)), as three shuffled adds
@@ -42,7 +22,6 @@ DCN_INLINE v8f splat(float x) { return v8f{} + x; }
 #if defined(__clang__)
 #define DCN_SHUFFLE8(v, ...) __builtin_shufflevector(v, v, __VA_ARGS__)
 #else
-typedef int v8i __attribute__((vector_size(32)));
 #define DCN_SHUFFLE8(v, ...) __builtin_shuffle(v, v8i{__VA_ARGS__})
 #endif
 DCN_INLINE float reduce8(v8f a) {

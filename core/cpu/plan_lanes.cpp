@@ -11,28 +11,18 @@
 // Any other sample (a corner outside, outside the image, NaN) is built by
 // the scalar value_entry / grad_entry from the same y, x and m.
 //
-// Built for AVX-512 and AVX2 as well as the baseline (clones.h); the lane
-// type is a GCC/Clang vector, used only inside this file.
-#if defined(__clang__)
-#pragma clang diagnostic ignored "-Wpsabi"
-#elif defined(__GNUC__)
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
-
-#include <cstring>
+// Built for AVX-512 and AVX2 as well as the baseline (clones.h).
+#include "lanes8.h"  // first: its -Wpsabi note
 
 #include "clones.h"
 #include "coord_step.h"
 #include "plan.h"
 
-#define DCN_INLINE inline __attribute__((always_inline))
-
 namespace dcn::cpu {
 namespace {
 
+using namespace lanes8;
 constexpr int kLanes = 8;
-typedef float v8f __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
 
 // The lanes' int32 floor and corner tests are exact while the image sides
 // are below 2^24 (float coordinates are integers exactly up to there).
@@ -50,15 +40,6 @@ struct LaneInterior {
   float ly[kLanes], lx[kLanes];
   float hy_hx[kLanes], hy_lx[kLanes], ly_hx[kLanes], ly_lx[kLanes];  // unmodulated weights
 };
-
-DCN_INLINE v8f load8(const float* p) {
-  v8f v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-DCN_INLINE void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
-DCN_INLINE void store8(int32_t* p, v8i v) { std::memcpy(p, &v, sizeof v); }
 
 // Walks a task's pixels as for_each_sample does, eight at a time: fills y,
 // x, m exactly as it computes them (sample_coord, the mask or 1).
@@ -143,6 +124,32 @@ DCN_INLINE void modulated(const LaneInterior& in, const float* m, float (*w)[kLa
   store8(w[3], mv * load8(in.ly_lx));
 }
 
+// A task's plan entries, eight pixels at a time: entry(e, l, in, r, w) fills
+// *e from lane l of an interior sample (w: its modulated weights);
+// fallback(e, y, x, m) builds any other sample with the scalar code.
+template <typename Entry, typename Interior, typename Fallback>
+DCN_INLINE void build_plan_lanes(const Geometry& geo, const TileTask& task, const float* offset,
+                                 Strides4 os, const float* mask, Strides4 ms, Entry* plan,
+                                 Interior&& entry, Fallback&& fallback) {
+  SampleWalker walk(geo, task, offset, os, mask, ms);
+  LaneInputs in;
+  LaneInterior r;
+  float w[4][kLanes];
+  for (int64_t i0 = task.p0; i0 < task.p1; i0 += kLanes) {
+    const int count = int(task.p1 - i0 < kLanes ? task.p1 - i0 : kLanes);
+    walk.next(count, &in);
+    interior_lanes(geo, in, &r);
+    modulated(r, in.m, w);
+    Entry* e = plan + (i0 - task.p0);
+    for (int l = 0; l < count; ++l) {
+      if (r.inside[l])
+        entry(&e[l], l, in, r, w);
+      else
+        fallback(&e[l], in.y[l], in.x[l], in.m[l]);
+    }
+  }
+}
+
 }  // namespace
 
 bool plan_lanes_apply(const Geometry& geo) {
@@ -153,57 +160,40 @@ DCN_CLONES
 void build_value_plan_f32(const Geometry& geo, const TileTask& task, const float* offset,
                           Strides4 os, const float* mask, Strides4 ms, int64_t sy, int64_t sx,
                           PlanEntry<float>* plan) {
-  SampleWalker walk(geo, task, offset, os, mask, ms);
-  LaneInputs in;
-  LaneInterior r;
-  float w[4][kLanes];
-  for (int64_t i0 = task.p0; i0 < task.p1; i0 += kLanes) {
-    const int count = int(task.p1 - i0 < kLanes ? task.p1 - i0 : kLanes);
-    walk.next(count, &in);
-    interior_lanes(geo, in, &r);
-    modulated(r, in.m, w);
-    PlanEntry<float>* e = plan + (i0 - task.p0);
-    for (int l = 0; l < count; ++l) {
-      if (!r.inside[l]) {
-        e[l] = value_entry(geo, in.y[l], in.x[l], in.m[l], sy, sx);
-        continue;
-      }
-      e[l].base = int64_t(r.y0[l]) * sy + int64_t(r.x0[l]) * sx;
-      for (int q = 0; q < 4; ++q) e[l].w[q] = w[q][l];
-      e[l].valid = (w[0][l] != 0.0f || w[1][l] != 0.0f || w[2][l] != 0.0f || w[3][l] != 0.0f)
+  build_plan_lanes(
+      geo, task, offset, os, mask, ms, plan,
+      [&](PlanEntry<float>* e, int l, const LaneInputs&, const LaneInterior& r,
+          const float (*w)[kLanes]) {
+        e->base = int64_t(r.y0[l]) * sy + int64_t(r.x0[l]) * sx;
+        for (int q = 0; q < 4; ++q) e->w[q] = w[q][l];
+        // As value_entry: a sample whose weights are all 0 (mask 0) reads nothing.
+        e->valid = (w[0][l] != 0.0f || w[1][l] != 0.0f || w[2][l] != 0.0f || w[3][l] != 0.0f)
                        ? 15u
                        : 0u;
-    }
-  }
+      },
+      [&](PlanEntry<float>* e, float y, float x, float m) {
+        *e = value_entry(geo, y, x, m, sy, sx);
+      });
 }
 
 DCN_CLONES
 void build_grad_plan_f32(const Geometry& geo, const TileTask& task, const float* offset,
                          Strides4 os, const float* mask, Strides4 ms, int64_t sy, int64_t sx,
                          GradEntry<float>* plan) {
-  SampleWalker walk(geo, task, offset, os, mask, ms);
-  LaneInputs in;
-  LaneInterior r;
-  float w[4][kLanes];
-  for (int64_t i0 = task.p0; i0 < task.p1; i0 += kLanes) {
-    const int count = int(task.p1 - i0 < kLanes ? task.p1 - i0 : kLanes);
-    walk.next(count, &in);
-    interior_lanes(geo, in, &r);
-    modulated(r, in.m, w);
-    GradEntry<float>* e = plan + (i0 - task.p0);
-    for (int l = 0; l < count; ++l) {
-      if (!r.inside[l]) {
-        grad_entry(geo, in.y[l], in.x[l], in.m[l], sy, sx, &e[l]);
-        continue;
-      }
-      e[l].base = int64_t(r.y0[l]) * sy + int64_t(r.x0[l]) * sx;
-      for (int q = 0; q < 4; ++q) e[l].wm[q] = w[q][l];
-      e[l].fy = r.ly[l];
-      e[l].fx = r.lx[l];
-      e[l].valid = 15u;
-      e[l].mask = in.m[l];
-    }
-  }
+  build_plan_lanes(
+      geo, task, offset, os, mask, ms, plan,
+      [&](GradEntry<float>* e, int l, const LaneInputs& in, const LaneInterior& r,
+          const float (*w)[kLanes]) {
+        e->base = int64_t(r.y0[l]) * sy + int64_t(r.x0[l]) * sx;
+        for (int q = 0; q < 4; ++q) e->wm[q] = w[q][l];
+        e->fy = r.ly[l];
+        e->fx = r.lx[l];
+        e->valid = 15u;
+        e->mask = in.m[l];
+      },
+      [&](GradEntry<float>* e, float y, float x, float m) {
+        grad_entry(geo, y, x, m, sy, sx, e);
+      });
 }
 
 }  // namespace dcn::cpu
