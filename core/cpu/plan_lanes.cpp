@@ -28,10 +28,12 @@ constexpr int kLanes = 8;
 // are below 2^24 (float coordinates are integers exactly up to there).
 constexpr int64_t kMaxSide = int64_t(1) << 24;
 
-// Eight consecutive pixels of a task: the scalar inputs of the math.
-struct LaneInputs {
-  float y[kLanes], x[kLanes], m[kLanes];
+// The scalar inputs of the math for up to kTile pixels of a task, as
+// for_each_sample computes them, padded to whole lanes.
+struct TileInputs {
+  float y[kTile], x[kTile], m[kTile];
 };
+static_assert(kTile % kLanes == 0, "a tile is whole lanes");
 
 // Interior results of eight pixels: lane l is valid where inside[l] != 0.
 struct LaneInterior {
@@ -41,52 +43,10 @@ struct LaneInterior {
   float hy_hx[kLanes], hy_lx[kLanes], ly_hx[kLanes], ly_lx[kLanes];  // unmodulated weights
 };
 
-// Walks a task's pixels as for_each_sample does, eight at a time: fills y,
-// x, m exactly as it computes them (sample_coord, the mask or 1).
-class SampleWalker {
- public:
-  SampleWalker(const Geometry& geo, const TileTask& task, const float* offset, Strides4 os,
-               const float* mask, Strides4 ms)
-      : geo_(geo), os_(os), ms_(ms) {
-    const int64_t K = geo.kernel_points();
-    ki_ = task.k / geo.kernel_w;
-    kj_ = task.k % geo.kernel_w;
-    off_y_ = offset + task.n * os.n + (task.g * 2 * K + 2 * task.k) * os.c;
-    off_x_ = off_y_ + os.c;
-    m_ptr_ = mask ? mask + task.n * ms.n + (task.g * K + task.k) * ms.c : nullptr;
-    oy_ = task.p0 / geo.out_w;
-    ox_ = task.p0 - oy_ * geo.out_w;
-  }
-
-  void next(int count, LaneInputs* in) {
-    for (int l = 0; l < count; ++l) {
-      const int64_t o_at = oy_ * os_.y + ox_ * os_.x;
-      in->y[l] = sample_coord<float, int64_t>(oy_, geo_.stride_h, geo_.pad_h, ki_,
-                                              geo_.dilation_h, off_y_[o_at]);
-      in->x[l] = sample_coord<float, int64_t>(ox_, geo_.stride_w, geo_.pad_w, kj_,
-                                              geo_.dilation_w, off_x_[o_at]);
-      in->m[l] = m_ptr_ ? m_ptr_[oy_ * ms_.y + ox_ * ms_.x] : 1.0f;
-      if (++ox_ == geo_.out_w) {
-        ox_ = 0;
-        ++oy_;
-      }
-    }
-    for (int l = count; l < kLanes; ++l) in->y[l] = in->x[l] = -2.0f, in->m[l] = 0.0f;
-  }
-
- private:
-  const Geometry& geo_;
-  Strides4 os_, ms_;
-  int64_t ki_, kj_;
-  const float* off_y_;
-  const float* off_x_;
-  const float* m_ptr_;
-  int64_t oy_, ox_;
-};
-
 // interior_sample + bilinear_point + the unmodulated bilinear_weights, in lanes.
-DCN_INLINE void interior_lanes(const Geometry& geo, const LaneInputs& in, LaneInterior* out) {
-  const v8f y = load8(in.y), x = load8(in.x);
+DCN_INLINE void interior_lanes(const Geometry& geo, const float* y_in, const float* x_in,
+                               LaneInterior* out) {
+  const v8f y = load8(y_in), x = load8(x_in);
   const v8f zero{}, one = zero + 1.0f, minus_one = zero - 1.0f;
   const v8f Hf = zero + float(geo.height), Wf = zero + float(geo.width);
   // inside_forward; NaN compares false, as there.
@@ -124,28 +84,38 @@ DCN_INLINE void modulated(const LaneInterior& in, const float* m, float (*w)[kLa
   store8(w[3], mv * load8(in.ly_lx));
 }
 
-// A task's plan entries, eight pixels at a time: entry(e, l, in, r, w) fills
-// *e from lane l of an interior sample (w: its modulated weights);
-// fallback(e, y, x, m) builds any other sample with the scalar code.
+// A task's plan entries, eight pixels at a time: entry(e, l, m, r, w) fills
+// *e from lane l of an interior sample (m: its mask value, w: its modulated
+// weights); fallback(e, y, x, m) builds any other sample with the scalar code.
 template <typename Entry, typename Interior, typename Fallback>
 DCN_INLINE void build_plan_lanes(const Geometry& geo, const TileTask& task, const float* offset,
                                  Strides4 os, const float* mask, Strides4 ms, Entry* plan,
                                  Interior&& entry, Fallback&& fallback) {
-  SampleWalker walk(geo, task, offset, os, mask, ms);
-  LaneInputs in;
+  TileInputs in;
   LaneInterior r;
   float w[4][kLanes];
-  for (int64_t i0 = task.p0; i0 < task.p1; i0 += kLanes) {
-    const int count = int(task.p1 - i0 < kLanes ? task.p1 - i0 : kLanes);
-    walk.next(count, &in);
-    interior_lanes(geo, in, &r);
-    modulated(r, in.m, w);
-    Entry* e = plan + (i0 - task.p0);
-    for (int l = 0; l < count; ++l) {
-      if (r.inside[l])
-        entry(&e[l], l, in, r, w);
-      else
-        fallback(&e[l], in.y[l], in.x[l], in.m[l]);
+  for (int64_t s0 = task.p0; s0 < task.p1; s0 += kTile) {
+    TileTask sub = task;
+    sub.p0 = s0;
+    sub.p1 = task.p1 - s0 < kTile ? task.p1 : s0 + kTile;
+    const int64_t len = sub.p1 - sub.p0;
+    for_each_sample<float>(geo, sub, offset, os, mask, ms, [&](int64_t i, float y, float x, float m) {
+      in.y[i] = y;
+      in.x[i] = x;
+      in.m[i] = m;
+    });
+    for (int64_t i = len; i % kLanes != 0; ++i) in.y[i] = in.x[i] = -2.0f, in.m[i] = 0.0f;
+    Entry* e = plan + (s0 - task.p0);
+    for (int64_t i0 = 0; i0 < len; i0 += kLanes) {
+      interior_lanes(geo, in.y + i0, in.x + i0, &r);
+      modulated(r, in.m + i0, w);
+      for (int l = 0; l < kLanes && i0 + l < len; ++l) {
+        const int64_t i = i0 + l;
+        if (r.inside[l])
+          entry(&e[i], l, in.m[i], r, w);
+        else
+          fallback(&e[i], in.y[i], in.x[i], in.m[i]);
+      }
     }
   }
 }
@@ -162,8 +132,7 @@ void build_value_plan_f32(const Geometry& geo, const TileTask& task, const float
                           PlanEntry<float>* plan) {
   build_plan_lanes(
       geo, task, offset, os, mask, ms, plan,
-      [&](PlanEntry<float>* e, int l, const LaneInputs&, const LaneInterior& r,
-          const float (*w)[kLanes]) {
+      [&](PlanEntry<float>* e, int l, float, const LaneInterior& r, const float (*w)[kLanes]) {
         e->base = int64_t(r.y0[l]) * sy + int64_t(r.x0[l]) * sx;
         for (int q = 0; q < 4; ++q) e->w[q] = w[q][l];
         // As value_entry: a sample whose weights are all 0 (mask 0) reads nothing.
@@ -182,14 +151,13 @@ void build_grad_plan_f32(const Geometry& geo, const TileTask& task, const float*
                          GradEntry<float>* plan) {
   build_plan_lanes(
       geo, task, offset, os, mask, ms, plan,
-      [&](GradEntry<float>* e, int l, const LaneInputs& in, const LaneInterior& r,
-          const float (*w)[kLanes]) {
+      [&](GradEntry<float>* e, int l, float m, const LaneInterior& r, const float (*w)[kLanes]) {
         e->base = int64_t(r.y0[l]) * sy + int64_t(r.x0[l]) * sx;
         for (int q = 0; q < 4; ++q) e->wm[q] = w[q][l];
         e->fy = r.ly[l];
         e->fx = r.lx[l];
         e->valid = 15u;
-        e->mask = in.m[l];
+        e->mask = m;
       },
       [&](GradEntry<float>* e, float y, float x, float m) {
         grad_entry(geo, y, x, m, sy, sx, e);
