@@ -1,7 +1,11 @@
 """CPU speed of dcn against peers measured in the same process.
 
 Configs (float32, 3x3, padding 1, mask and bias):
-  A 1x64x32x32 -> 64,  B 1x256x64x64 -> 256,  C 8x64x56x56 -> 64
+  A 1x64x32x32 -> 64,  B 1x256x64x64 -> 256,  C 8x64x56x56 -> 64 (the targets);
+  with --configs also the layers of the models dcn is for:
+  D 1x64x64x64 -> 64 with 8 offset groups (EDVR's and BasicVSR++'s alignment:
+    8 channels per offset group), E 1x256x32x32 -> 256 with 32 weight groups
+    (a ResNeXt-DCN detector backbone's grouped conv)
 Peers: onnxruntime's DeformConv (forward), torch.conv2d of the same shape
 (forward and forward+backward), and MLX (mx.conv2d and dcn_mlx) when
 installed. Prints median milliseconds and ratios; run:
@@ -19,6 +23,7 @@ import os
 import platform
 import statistics
 import sys
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -29,10 +34,27 @@ import dcn_torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
+class Config(NamedTuple):
+    N: int
+    C: int
+    H: int
+    W: int
+    O: int
+    offset_groups: int = 1
+    groups: int = 1
+
+    def label(self) -> str:
+        extra = "".join([f", {self.offset_groups} offset groups" if self.offset_groups > 1 else "",
+                         f", {self.groups} groups" if self.groups > 1 else ""])
+        return f"{self.N}x{self.C}x{self.H}x{self.W}->{self.O}{extra}"
+
+
 CONFIGS = {
-    "A": (1, 64, 32, 32, 64),
-    "B": (1, 256, 64, 64, 256),
-    "C": (8, 64, 56, 56, 64),
+    "A": Config(1, 64, 32, 32, 64),
+    "B": Config(1, 256, 64, 64, 256),
+    "C": Config(8, 64, 56, 56, 64),
+    "D": Config(1, 64, 64, 64, 64, offset_groups=8),
+    "E": Config(1, 256, 32, 32, 256, groups=32),
 }
 
 
@@ -40,14 +62,15 @@ def timeit(fn, repeats: int, warmup: int = 2) -> float:
     return statistics.median(wall_times_ms(fn, repeats, warmup))
 
 
-def make_inputs(cfg, seed=0):
-    N, C, H, W, O = cfg
+def make_inputs(cfg: Config, seed=0):
+    N, C, H, W, O = cfg.N, cfg.C, cfg.H, cfg.W, cfg.O
+    G = cfg.offset_groups
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(N, C, H, W, generator=g)
-    w = torch.randn(O, C, 3, 3, generator=g) * 0.05
+    w = torch.randn(O, C // cfg.groups, 3, 3, generator=g) * 0.05
     b = torch.randn(O, generator=g)
-    off = torch.randn(N, 18, H, W, generator=g) * 2.0
-    mask = torch.rand(N, 9, H, W, generator=g)
+    off = torch.randn(N, 18 * G, H, W, generator=g) * 2.0
+    mask = torch.rand(N, 9 * G, H, W, generator=g)
     return x, w, b, off, mask
 
 
@@ -74,13 +97,13 @@ def bench_torch(cfg, repeats, blocks):
         out.sum().backward()
 
     fns["dcn_fwdbwd"] = fwd_bwd
-    fns["conv_fwd"] = lambda: F.conv2d(x, w, b, padding=1)
+    fns["conv_fwd"] = lambda: F.conv2d(x, w, b, padding=1, groups=cfg.groups)
     xc, wc, bc = (t.clone().requires_grad_() for t in (x, w, b))
 
     def conv_fwd_bwd():
         for t in (xc, wc, bc):
             t.grad = None
-        F.conv2d(xc, wc, bc, padding=1).sum().backward()
+        F.conv2d(xc, wc, bc, padding=1, groups=cfg.groups).sum().backward()
 
     fns["conv_fwdbwd"] = conv_fwd_bwd
     return interleaved_medians_ms(fns, repeats, blocks)
@@ -103,7 +126,8 @@ def bench_mlx(cfg, repeats):
     mm = mx.array(mask.permute(0, 2, 3, 1).numpy())
     res = {}
     res["mlx_dcn_fwd"] = timeit(lambda: mx.eval(dcn_mlx.deform_conv2d(xm, offm, wm, bm, padding=1, mask=mm)), repeats)
-    res["mlx_conv_fwd"] = timeit(lambda: mx.eval(mx.conv2d(xm, wm, padding=1) + bm), repeats)
+    res["mlx_conv_fwd"] = timeit(lambda: mx.eval(mx.conv2d(xm, wm, padding=1, groups=cfg.groups) + bm),
+                                 repeats)
 
     def loss(xx, oo, ww, bb, mk):
         return dcn_mlx.deform_conv2d(xx, oo, ww, bb, padding=1, mask=mk).sum()
@@ -112,7 +136,7 @@ def bench_mlx(cfg, repeats):
     res["mlx_dcn_fwdbwd"] = timeit(lambda: mx.eval(grad(xm, offm, wm, bm, mm)), repeats)
 
     def closs(xx, ww, bb):
-        return (mx.conv2d(xx, ww, padding=1) + bb).sum()
+        return (mx.conv2d(xx, ww, padding=1, groups=cfg.groups) + bb).sum()
 
     cgrad = mx.grad(closs, argnums=(0, 1, 2))
     res["mlx_conv_fwdbwd"] = timeit(lambda: mx.eval(cgrad(xm, wm, bm)), repeats)
@@ -120,8 +144,7 @@ def bench_mlx(cfg, repeats):
 
 
 def print_config(name, cfg, r):
-    N, C, H, W, O = cfg
-    print(f"\n{name} {N}x{C}x{H}x{W} -> {O}")
+    print(f"\n{name} {cfg.label()}")
     for k, v in r.items():
         print(f"  {k:16s} {v:9.2f} ms")
     if "ort_fwd" in r:
@@ -181,17 +204,15 @@ def main():
         print("\n| config | dcn fwd | onnxruntime fwd | ratio | conv2d fwd | dcn fwd+bwd | fwd+bwd / fwd | conv2d fwd+bwd |")
         print("|---|---|---|---|---|---|---|---|")
         for name, cfg, r in rows:
-            N, C, H, W, O = cfg
             ort = r.get("ort_fwd", float("nan"))
-            print(f"| {name} {N}x{C}x{H}x{W}->{O} | {r['dcn_fwd']:.2f} ms | {ort:.2f} ms | "
+            print(f"| {name} {cfg.label()} | {r['dcn_fwd']:.2f} ms | {ort:.2f} ms | "
                   f"{r['dcn_fwd'] / ort:.2f}x | {r['conv_fwd']:.2f} ms | {r['dcn_fwdbwd']:.2f} ms | "
                   f"{r['dcn_fwdbwd'] / r['dcn_fwd']:.2f}x | {r['conv_fwdbwd']:.2f} ms |")
         if any("mlx_dcn_fwd" in r for _, _, r in rows):
             print("\n| config (MLX, CPU) | dcn_mlx fwd | mx.conv2d fwd | ratio | dcn_mlx fwd+bwd | mx.conv2d fwd+bwd |")
             print("|---|---|---|---|---|---|")
             for name, cfg, r in rows:
-                N, C, H, W, O = cfg
-                print(f"| {name} {N}x{H}x{W}x{C}->{O} | {r['mlx_dcn_fwd']:.1f} ms | {r['mlx_conv_fwd']:.1f} ms | "
+                print(f"| {name} {cfg.label()} | {r['mlx_dcn_fwd']:.1f} ms | {r['mlx_conv_fwd']:.1f} ms | "
                       f"{r['mlx_dcn_fwd'] / r['mlx_conv_fwd']:.2f}x | {r['mlx_dcn_fwdbwd']:.1f} ms | "
                       f"{r['mlx_conv_fwdbwd']:.1f} ms |")
 
