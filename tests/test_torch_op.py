@@ -161,6 +161,13 @@ CASES = {
                                    offset_groups=3, stride=(1, 2), padding=(0, 0)),
     # 8 channels per offset group: the CPU's channels-last path (pixel-major columns).
     "channels_last_path": dict(seed=8, C=16, O=5, offset_groups=2),
+    # Weight groups of 8 or more channels: the channels-last path with columns
+    # by weight group, a sample's channels in one run per weight group: two
+    # runs on lane boundaries; an offset group across weight groups; runs of
+    # 12 channels (the second starts off a lane boundary: scalar lanes).
+    "grouped_channels_last": dict(seed=9, C=32, O=6, groups=2, offset_groups=1),
+    "grouped_offset_groups_across": dict(seed=10, C=48, O=6, groups=3, offset_groups=2),
+    "grouped_runs_of_12": dict(seed=11, C=24, O=4, groups=2, offset_groups=1),
 }
 
 
@@ -355,6 +362,8 @@ GRADCHECK_CASES = {
     "depthwise_k1x2_stride2": CASES["depthwise_k1x2_stride2"],
     # 8 channels per offset group: the CPU's channels-last path.
     "channels_last_path": dict(seed=8, N=1, C=16, O=2, H=4, W=3, offset_groups=2),
+    # ... and with weight groups (columns by weight group).
+    "grouped_channels_last": dict(seed=9, N=1, C=16, O=4, H=4, W=3, groups=2, offset_groups=1),
 }
 
 
@@ -555,7 +564,7 @@ def test_cpu_chunk_keeps_an_image_per_thread(restore_settings):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("name", ["basic", "groups2_offset_groups2", "stride_dilation_nonsquare",
-                                  "channels_last_path"])
+                                  "channels_last_path", "grouped_offset_groups_across"])
 def test_threads_bitwise_identical(name, dtype, restore_settings):
     # big enough that every kernel has many tasks to split
     c = make_case(**{**CASES[name], "N": 3, "H": 23, "W": 29}, dtype=dtype)

@@ -140,35 +140,49 @@ dcn::Geometry kernel_geometry(const Array& input_like, dcn::DType dtype, const A
   return resolve_or_throw(args);
 }
 
-// Columns in one of two C-contiguous layouts, in the storage dtype:
+// Columns in one of three C-contiguous layouts, in the storage dtype:
 //   channel-major (N, C*kh*kw, out_h, out_w), element (c*K + k, p): torch's
 //     im2col layout, the GEMM's right operand as is;
 //   pixel-major (N, out_h, out_w, kh*kw*C), element (p, k*C + c): every
 //     sample's channels are contiguous, so with a channels-last input the
-//     CPU kernels sweep them as vectors.
+//     CPU kernels sweep them as vectors;
+//   pixel-major by weight group (N, groups, out_h, out_w, kh*kw*C/groups),
+//     element (g, p, k*Cg + c) for channel g*Cg + c: each group's columns
+//     one (P, kh*kw*Cg) matrix of a batched GEMM, and within a group the
+//     channels still contiguous.
 dcn::ColumnStrides column_strides(const Array& cols, const dcn::Geometry& g, dcn::DType dtype,
                                   const char* name, bool pixel_major) {
   const int64_t K = g.kernel_points(), P = g.out_pixels(), CK = g.channels * K;
-  const int64_t want[4] = {g.batch, pixel_major ? g.out_h : CK, pixel_major ? g.out_w : g.out_h,
-                           pixel_major ? CK : g.out_w};
-  bool ok = cols.ndim() == 4 && dtype_of(cols) == dtype;
-  for (int i = 0; ok && i < 4; ++i) ok = int64_t(cols.shape(i)) == want[i];
-  for (int64_t i = 3, stride = 1; ok && i >= 1; stride *= want[i], --i)
+  const bool grouped = pixel_major && cols.ndim() == 5;
+  const int64_t groups = grouped ? int64_t(cols.shape(1)) : 1;
+  const bool divides = groups >= 1 && g.channels % groups == 0;
+  const int64_t Cg = divides ? g.channels / groups : g.channels;
+  std::vector<int64_t> want;
+  if (!pixel_major) want = {g.batch, CK, g.out_h, g.out_w};
+  else if (grouped) want = {g.batch, groups, g.out_h, g.out_w, K * Cg};
+  else want = {g.batch, g.out_h, g.out_w, CK};
+  bool ok = divides && int64_t(cols.ndim()) == int64_t(want.size()) && dtype_of(cols) == dtype;
+  for (size_t i = 0; ok && i < want.size(); ++i) ok = int64_t(cols.shape(i)) == want[i];
+  int64_t stride = 1;
+  for (size_t i = want.size() - 1; ok && i >= 1; --i) {
     ok = want[i] == 1 || int64_t(cols.stride(i)) == stride;
+    stride *= want[i];
+  }
   ok = ok && (g.batch <= 1 || cols.stride(0) == CK * P);
   if (!ok) {
     throw std::invalid_argument(std::string(name) + ": expected a contiguous " +
-                                (pixel_major ? "(N, out_h, out_w, kh*kw*C)"
+                                (pixel_major ? "(N, out_h, out_w, kh*kw*C) or (N, groups, out_h, "
+                                               "out_w, kh*kw*C/groups)"
                                              : "(N, C*kh*kw, out_h, out_w)") +
                                 " array in the input's dtype");
   }
   dcn::ColumnStrides cs;
   cs.n = CK * P;
-  cs.block = g.channels;  // one block (the frontends' weight groups are GEMM-side)
-  cs.block_stride = 0;
+  cs.block = Cg;  // one block per weight group (one block without groups)
+  cs.block_stride = grouped ? P * K * Cg : 0;
   cs.c = pixel_major ? 1 : K * P;
-  cs.k = pixel_major ? g.channels : P;
-  cs.p = pixel_major ? CK : 1;
+  cs.k = pixel_major ? Cg : P;
+  cs.p = pixel_major ? K * Cg : 1;
   return cs;
 }
 

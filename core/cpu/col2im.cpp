@@ -13,6 +13,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "channels_last.h"  // for_each_channel_run
 #include "parallel.h"
 #include "plan.h"
 #include "scatter_runs.h"
@@ -67,16 +68,15 @@ Tasks col2im_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const S*
   // who computes a plane, never the order in which a plane is summed.
   const int64_t outer = geo.batch * geo.offset_groups;
   const int64_t want = ceil_div(4 * int64_t(get_num_threads()), std::max<int64_t>(outer, 1));
-  // Pixel-major columns (unit channel stride, the group inside one
-  // weight-group block): a sample's column is a run of channels, scattered
-  // as vectors into runs of channels of the image, in blocks of up to
-  // kRunChannels. Into grad_input itself when its channels are contiguous
-  // too (channels-last); otherwise into a per-task channels-last scratch,
-  // written out in grad_input's layout at the end of the task, which spares
-  // the caller a transposing copy (1x256x64x64: 2.5 ms with torch).
-  bool runs = cs.c == 1;
-  for (int64_t g = 0; runs && g < geo.offset_groups; ++g)
-    runs = (g * cpg) / cs.block == (g * cpg + cpg - 1) / cs.block;
+  // Pixel-major columns (unit channel stride): a sample's column is a run
+  // of channels (one per weight-group block the task's channels meet),
+  // scattered as vectors into runs of channels of the image, in blocks of
+  // up to kRunChannels. Into grad_input itself when its channels are
+  // contiguous too (channels-last); otherwise into a per-task channels-last
+  // scratch, written out in grad_input's layout at the end of the task,
+  // which spares the caller a transposing copy (1x256x64x64: 2.5 ms with
+  // torch).
+  const bool runs = cs.c == 1;
   const bool channels_last = runs && gs.c == 1;
   const bool via_scratch = runs && gs.c != 1;
   // Runs: blocks of at most kRunChannels, and with fewer (image, group)
@@ -165,11 +165,17 @@ Tasks col2im_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, const S*
         if (runs) {
           // The same (k, pixel) order as below, so the same sums bit for bit.
           A* image = via_scratch ? scratch.get() : grad + n * gs.n + g * cpg + cg0;
-          const S* gc = gcol + n * cs.n + cs.channel(g * cpg + cg0) + k * cs.k + task.p0 * cs.p;
-          if constexpr (std::is_same_v<S, float>)
-            scatter_runs_f32(plan, len, image, co, gc, cs.p, cg1 - cg0);
-          else
-            scatter_runs(plan, len, image, co, gc, cs.p, cg1 - cg0);
+          // One run per weight-group block: the columns' channels are
+          // contiguous within a block only (each element still takes its
+          // additions in (k, pixel) order, so the bits do not depend on it).
+          for_each_channel_run(cs, g * cpg + cg0, g * cpg + cg1, [&](int64_t a, int64_t b) {
+            A* dst = image + (a - g * cpg - cg0);
+            const S* gc = gcol + n * cs.n + cs.channel(a) + k * cs.k + task.p0 * cs.p;
+            if constexpr (std::is_same_v<S, float>)
+              scatter_runs_f32(plan, len, dst, co, gc, cs.p, b - a);
+            else
+              scatter_runs(plan, len, dst, co, gc, cs.p, b - a);
+          });
           continue;
         }
         // Blocks of channels per plan entry: independent read-modify-write

@@ -6,6 +6,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "channels_last.h"  // for_each_channel_run
 #include "coord_lanes.h"
 #include "coord_step.h"
 #include "interior.h"
@@ -55,15 +56,22 @@ void write_back(const Geometry& geo, const TileTask& task, const GradEntry<A>* p
 }
 
 // float32 channels-last (coord_lanes.h): the group's channels contiguous in
-// the input and, inside one weight-group block, in the columns. A task owns
+// the input and, within each weight-group block, in the columns. A task owns
 // (n, g, a tile of kLaneTile pixels) and every kernel point, so each pixel's
-// columns are read as one run.
-bool channels_last_f32(const Geometry& geo, Strides4 is, ColumnStrides cs) {
+// columns are read front to back.
+bool channels_last_f32(Strides4 is, ColumnStrides cs) { return is.c == 1 && cs.c == 1; }
+
+// Offset group g's channels as runs that are contiguous in the columns (one
+// per weight-group block it meets), their column offsets counted from the
+// group's channel 0.
+void channel_runs(const Geometry& geo, const ColumnStrides& cs, int64_t g,
+                  std::vector<ChannelRun>* runs) {
   const int64_t cpg = geo.channels_per_offset_group();
-  if (is.c != 1 || cs.c != 1) return false;
-  for (int64_t g = 0; g < geo.offset_groups; ++g)
-    if ((g * cpg) / cs.block != (g * cpg + cpg - 1) / cs.block) return false;
-  return true;
+  const int64_t first = g * cpg;
+  runs->clear();
+  for_each_channel_run(cs, first, first + cpg, [&](int64_t a, int64_t b) {
+    runs->push_back(ChannelRun{a - first, b - a, cs.channel(a) - cs.channel(first)});
+  });
 }
 
 Tasks coord_grad_channels_last_f32(const Geometry& geo, const float* gcol, ColumnStrides cs,
@@ -84,6 +92,8 @@ Tasks coord_grad_channels_last_f32(const Geometry& geo, const float* gcol, Colum
     const int64_t p0 = tile * kLaneTile, p1 = std::min(P, p0 + kLaneTile);
     thread_local std::vector<GradEntry<float>> plans;
     thread_local std::vector<float> acc;
+    thread_local std::vector<ChannelRun> runs;
+    channel_runs(geo, cs, g, &runs);
     plans.resize(size_t(K * kLaneTile));
     acc.resize(size_t(3 * K * kLaneTile));
     float* acc_y = acc.data();
@@ -93,9 +103,9 @@ Tasks coord_grad_channels_last_f32(const Geometry& geo, const float* gcol, Colum
       build_plan(geo, TileTask{n, g, k, p0, p1}, offset, os, mask, ms, is,
                  plans.data() + k * kLaneTile);
     const int64_t at = n * cs.n + cs.channel(g * cpg) + p0 * cs.p;
-    coord_tile_channels_last_f32(plans.data(), K, p1 - p0, input + n * is.n + g * cpg, cpg, co,
+    coord_tile_channels_last_f32(plans.data(), K, p1 - p0, input + n * is.n + g * cpg, co,
                                  gcol + at, cols_out ? cols_out + at : nullptr, cs.k, cs.p,
-                                 acc_y, acc_x, acc_m);
+                                 runs.data(), int64_t(runs.size()), acc_y, acc_x, acc_m);
     for (int64_t k = 0; k < K; ++k) {
       const int64_t j = k * kLaneTile;
       write_back(geo, TileTask{n, g, k, p0, p1}, plans.data() + j, acc_y + j, acc_x + j,
@@ -112,7 +122,7 @@ Tasks coord_grad_impl(const Geometry& geo, const S* gcol, ColumnStrides cs, cons
   using A = acc_t<S>;
   const int64_t cpg = geo.channels_per_offset_group();
   if constexpr (std::is_same_v<S, float>) {
-    if (channels_last_f32(geo, is, cs))
+    if (channels_last_f32(is, cs))
       return coord_grad_channels_last_f32(geo, gcol, cs, input, is, offset, os, mask, ms, goff,
                                           gos, gmask, gms, cols_out);
   }

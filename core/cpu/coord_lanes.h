@@ -26,17 +26,26 @@ constexpr int64_t kCoordLanes = 8;
 // Pixels per channels-last task: its plans (all kernel points) stay in L1/L2.
 constexpr int64_t kLaneTile = 32;
 
+// The group's channels [c, c + n) lie at column offset `col` (from the
+// group's channel 0): one run per weight-group block the group meets.
+struct ChannelRun {
+  int64_t c, n, col;
+};
+
 // One task: pixels [0, len) of a tile, every kernel point. plans[k*kLaneTile + i]
 // is the entry of (k, pixel i); acc_*[k*kLaneTile + i] receive the
-// lane-ordered sums over the cpg channels of the offset group; cols_out (when
+// lane-ordered sums over the channels of the offset group; cols_out (when
 // not null) gets the forward's columns. image: the group's first channel of
 // image n; gcol/cols_out: the element (n, group channel 0, k 0, pixel 0) of
-// the tile; col_k, col_p: their kernel-point and pixel strides (channels at
-// unit stride). Pixels outer, kernel points inner: the columns of a pixel are
-// one contiguous run.
+// the tile; col_k, col_p: their kernel-point and pixel strides; runs[0,
+// nruns): the group's channels in order, each run at unit stride (one run
+// of cpg channels at offset 0 without weight groups). Channel c goes into
+// lane c % 8 whatever the runs, so the sums do not depend on them. Pixels
+// outer, kernel points inner: the columns of a pixel are read front to back.
 void coord_tile_channels_last_f32(const GradEntry<float>* plans, int64_t K, int64_t len,
-                                  const float* image, int64_t cpg, const CornerOffsets& co,
+                                  const float* image, const CornerOffsets& co,
                                   const float* gcol, float* cols_out, int64_t col_k,
-                                  int64_t col_p, float* acc_y, float* acc_x, float* acc_m);
+                                  int64_t col_p, const ChannelRun* runs, int64_t nruns,
+                                  float* acc_y, float* acc_x, float* acc_m);
 
 }  // namespace dcn::cpu

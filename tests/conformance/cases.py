@@ -347,6 +347,11 @@ CASES = (
     Case("offset_groups_4", N=2, C=8, O=4, H=5, W=5, padding=(1, 1), offset_groups=4),
     Case("offset_groups_4_weight_groups_2_noncontig", N=1, C=8, O=6, H=6, W=5,
          kernel=(2, 2), groups=2, offset_groups=4, non_contiguous=True),
+    # weight groups of 8+ channels: the CPU's channels-last path with columns
+    # by weight group (runs of 12 channels; an offset group across groups)
+    Case("weight_groups_of_12", N=2, C=24, O=6, H=6, W=7, padding=(1, 1), groups=2),
+    Case("offset_groups_across_weight_groups", N=1, C=48, O=6, H=5, W=6, padding=(1, 1),
+         groups=3, offset_groups=2),
     # large enough that 256-pixel tiles / chunking matter (Ho*Wo = 323)
     Case("large_tiled", N=2, C=16, O=8, H=17, W=19, padding=(1, 1), offset_groups=2),
     Case("large_tiled_dilated_noncontig", N=1, C=8, O=4, H=20, W=21, padding=(2, 2),
