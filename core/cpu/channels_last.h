@@ -34,6 +34,23 @@ inline void for_each_channel_run(const ColumnStrides& cs, int64_t c_begin, int64
   }
 }
 
+// Channels [c, c + n) of a group, counted from a first channel, lie at
+// column offset `col` from that channel's column: one run per weight-group
+// block the group meets (with weight groups, columns are contiguous within
+// a block only).
+struct ChannelRun {
+  int64_t c, n, col;
+};
+
+// The runs of channels [first, first + count) into *runs.
+inline void channel_runs(const ColumnStrides& cs, int64_t first, int64_t count,
+                         std::vector<ChannelRun>* runs) {
+  runs->clear();
+  for_each_channel_run(cs, first, first + count, [&](int64_t a, int64_t b) {
+    runs->push_back(ChannelRun{a - first, b - a, cs.channel(a) - cs.channel(first)});
+  });
+}
+
 // columns[c] = sum_q w[q] * corner_q[c] for a run of channels.
 template <typename A, typename S>
 inline void sample_run(const PlanEntry<A>& e, const S* __restrict image, int64_t n_ch,

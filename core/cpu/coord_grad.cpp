@@ -6,7 +6,6 @@
 #include <type_traits>
 #include <vector>
 
-#include "channels_last.h"  // for_each_channel_run
 #include "coord_lanes.h"
 #include "coord_step.h"
 #include "interior.h"
@@ -61,19 +60,6 @@ void write_back(const Geometry& geo, const TileTask& task, const GradEntry<A>* p
 // columns are read front to back.
 bool channels_last_f32(Strides4 is, ColumnStrides cs) { return is.c == 1 && cs.c == 1; }
 
-// Offset group g's channels as runs that are contiguous in the columns (one
-// per weight-group block it meets), their column offsets counted from the
-// group's channel 0.
-void channel_runs(const Geometry& geo, const ColumnStrides& cs, int64_t g,
-                  std::vector<ChannelRun>* runs) {
-  const int64_t cpg = geo.channels_per_offset_group();
-  const int64_t first = g * cpg;
-  runs->clear();
-  for_each_channel_run(cs, first, first + cpg, [&](int64_t a, int64_t b) {
-    runs->push_back(ChannelRun{a - first, b - a, cs.channel(a) - cs.channel(first)});
-  });
-}
-
 Tasks coord_grad_channels_last_f32(const Geometry& geo, const float* gcol, ColumnStrides cs,
                                    const float* input, Strides4 is, const float* offset,
                                    Strides4 os, const float* mask, Strides4 ms, float* goff,
@@ -93,7 +79,7 @@ Tasks coord_grad_channels_last_f32(const Geometry& geo, const float* gcol, Colum
     thread_local std::vector<GradEntry<float>> plans;
     thread_local std::vector<float> acc;
     thread_local std::vector<ChannelRun> runs;
-    channel_runs(geo, cs, g, &runs);
+    channel_runs(cs, g * cpg, cpg, &runs);  // the group's channels, by weight group
     plans.resize(size_t(K * kLaneTile));
     acc.resize(size_t(3 * K * kLaneTile));
     float* acc_y = acc.data();

@@ -17,6 +17,7 @@
 #pragma once
 #include <cstdint>
 
+#include "channels_last.h"  // ChannelRun
 #include "coord_step.h"
 
 namespace dcn::cpu {
@@ -25,12 +26,6 @@ constexpr int64_t kCoordLanes = 8;
 
 // Pixels per channels-last task: its plans (all kernel points) stay in L1/L2.
 constexpr int64_t kLaneTile = 32;
-
-// The group's channels [c, c + n) lie at column offset `col` (from the
-// group's channel 0): one run per weight-group block the group meets.
-struct ChannelRun {
-  int64_t c, n, col;
-};
 
 // One task: pixels [0, len) of a tile, every kernel point. plans[k*kLaneTile + i]
 // is the entry of (k, pixel i); acc_*[k*kLaneTile + i] receive the
