@@ -184,23 +184,30 @@ DCN_INLINE void sample_lanes_runs(const GradEntry<float>& e, const float* image,
     return;
   }
   v8f ay{}, ax{}, am{};
-  for (int64_t r = 0; r < nruns; ++r) {
-    const int64_t c0 = runs[r].c, n = runs[r].n;
-    // The run's columns, shifted so that channel c of the group is at [c].
-    const float* gr = g + runs[r].col - c0;
-    float* outr = out ? out + runs[r].col - c0 : nullptr;
-    // Vectors only where a run starts on a lane boundary (always without
-    // weight groups, and with groups of a multiple of 8 channels).
-    const int64_t c_vec = c0 + (c0 % kCoordLanes == 0 ? n - n % kCoordLanes : 0);
-    if (e.valid == 15u) {
-      const InteriorLanes il = interior_lanes_of(e);
-      for (int64_t c = c0; c < c_vec; c += kCoordLanes)
-        interior_step(il, image + c, co, gr + c, outr ? outr + c : nullptr, ay, ax, am);
-    } else {
-      for (int64_t c = c0; c < c_vec; c += kCoordLanes)
-        border_step(e, image + c, co, gr + c, outr ? outr + c : nullptr, ay, ax, am);
+  // The runs in order, vectors where a run starts on a lane boundary (always
+  // with weight groups of a multiple of 8 channels), the rest scalar;
+  // step(c, gr, outr) takes channels [c, c + 8) of the run's columns gr,
+  // shifted so that the group's channel c is at gr[c]. The sample's kind is
+  // decided once, outside the runs.
+  auto each_run = [&](auto&& step) {
+    for (int64_t r = 0; r < nruns; ++r) {
+      const int64_t c0 = runs[r].c, n = runs[r].n;
+      const float* gr = g + runs[r].col - c0;
+      float* outr = out ? out + runs[r].col - c0 : nullptr;
+      const int64_t c_vec = c0 + (c0 % kCoordLanes == 0 ? n - n % kCoordLanes : 0);
+      for (int64_t c = c0; c < c_vec; c += kCoordLanes) step(c, gr, outr);
+      if (c_vec < c0 + n) scalar_channels(e, image, c_vec, c0 + n, co, gr, outr, ay, ax, am);
     }
-    scalar_channels(e, image, c_vec, c0 + n, co, gr, outr, ay, ax, am);
+  };
+  if (e.valid == 15u) {
+    const InteriorLanes il = interior_lanes_of(e);
+    each_run([&](int64_t c, const float* gr, float* outr) {
+      interior_step(il, image + c, co, gr + c, outr ? outr + c : nullptr, ay, ax, am);
+    });
+  } else {
+    each_run([&](int64_t c, const float* gr, float* outr) {
+      border_step(e, image + c, co, gr + c, outr ? outr + c : nullptr, ay, ax, am);
+    });
   }
   *ay_out = reduce8(ay);
   *ax_out = reduce8(ax);
