@@ -23,31 +23,16 @@ import os
 import platform
 import statistics
 import sys
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from timing import interleaved_medians_ms, wall_times_ms  # benchmarks/ is on sys.path
+from configs import Config  # benchmarks/ is on sys.path
+from timing import interleaved_medians_ms, wall_times_ms
 
 import dcn_torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-
-class Config(NamedTuple):
-    N: int
-    C: int
-    H: int
-    W: int
-    O: int
-    offset_groups: int = 1
-    groups: int = 1
-
-    def label(self) -> str:
-        extra = "".join([f", {self.offset_groups} offset groups" if self.offset_groups > 1 else "",
-                         f", {self.groups} groups" if self.groups > 1 else ""])
-        return f"{self.N}x{self.C}x{self.H}x{self.W}->{self.O}{extra}"
-
 
 CONFIGS = {
     "A": Config(1, 64, 32, 32, 64),
@@ -144,7 +129,7 @@ def bench_mlx(cfg, repeats):
 
 
 def print_config(name, cfg, r):
-    print(f"\n{name} {cfg.label()}")
+    print(f"\n{name} {cfg.label}")
     for k, v in r.items():
         print(f"  {k:16s} {v:9.2f} ms")
     if "ort_fwd" in r:
@@ -205,14 +190,14 @@ def main():
         print("|---|---|---|---|---|---|---|---|")
         for name, cfg, r in rows:
             ort = r.get("ort_fwd", float("nan"))
-            print(f"| {name} {cfg.label()} | {r['dcn_fwd']:.2f} ms | {ort:.2f} ms | "
+            print(f"| {name} {cfg.label} | {r['dcn_fwd']:.2f} ms | {ort:.2f} ms | "
                   f"{r['dcn_fwd'] / ort:.2f}x | {r['conv_fwd']:.2f} ms | {r['dcn_fwdbwd']:.2f} ms | "
                   f"{r['dcn_fwdbwd'] / r['dcn_fwd']:.2f}x | {r['conv_fwdbwd']:.2f} ms |")
         if any("mlx_dcn_fwd" in r for _, _, r in rows):
             print("\n| config (MLX, CPU) | dcn_mlx fwd | mx.conv2d fwd | ratio | dcn_mlx fwd+bwd | mx.conv2d fwd+bwd |")
             print("|---|---|---|---|---|---|")
             for name, cfg, r in rows:
-                print(f"| {name} {cfg.label()} | {r['mlx_dcn_fwd']:.1f} ms | {r['mlx_conv_fwd']:.1f} ms | "
+                print(f"| {name} {cfg.label} | {r['mlx_dcn_fwd']:.1f} ms | {r['mlx_conv_fwd']:.1f} ms | "
                       f"{r['mlx_dcn_fwd'] / r['mlx_conv_fwd']:.2f}x | {r['mlx_dcn_fwdbwd']:.1f} ms | "
                       f"{r['mlx_conv_fwdbwd']:.1f} ms |")
 

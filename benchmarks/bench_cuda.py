@@ -48,26 +48,12 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
-from timing import wall_times_ms  # benchmarks/ is on sys.path for a script
+from configs import Config  # benchmarks/ is on sys.path for a script
+from timing import wall_times_ms
 
 import dcn_torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    N: int
-    C: int
-    H: int
-    W: int
-    O: int
-    offset_groups: int = 1
-
-    @property
-    def label(self) -> str:
-        s = f"{self.N}x{self.C}x{self.H}x{self.W}->{self.O}"
-        return s + (f" G={self.offset_groups}" if self.offset_groups > 1 else "")
 
 
 CONFIGS = {

@@ -58,20 +58,43 @@ inline TileTask tile_task(const Geometry& geo, int64_t t) {
   return r;
 }
 
+// Where a task's samples come from: its kernel point's row and column in
+// the kernel, the dy, dx and mask planes of its (image, offset group, kernel
+// point) (mask null without one), and its first output pixel (oy, ox).
+template <typename S>
+struct TaskSource {
+  int64_t ki, kj;
+  const S* off_y;
+  const S* off_x;
+  const S* mask;
+  int64_t oy, ox;
+};
+
+template <typename S>
+inline TaskSource<S> task_source(const Geometry& geo, const TileTask& task, const S* offset,
+                                 Strides4 os, const S* mask, Strides4 ms) {
+  const int64_t K = geo.kernel_points();
+  TaskSource<S> t;
+  t.ki = task.k / geo.kernel_w;
+  t.kj = task.k % geo.kernel_w;
+  t.off_y = offset + task.n * os.n + (task.g * 2 * K + 2 * task.k) * os.c;
+  t.off_x = t.off_y + os.c;
+  t.mask = mask ? mask + task.n * ms.n + (task.g * K + task.k) * ms.c : nullptr;
+  t.oy = task.p0 / geo.out_w;
+  t.ox = task.p0 - t.oy * geo.out_w;
+  return t;
+}
+
 // Calls fn(i, y, x, m) for each output pixel p0+i of the task with the sample
 // coordinates (y, x) of kernel point k and its mask value m (1 without mask),
 // all in the accumulation type A.
 template <typename A, typename S, typename Fn>
 inline void for_each_sample(const Geometry& geo, const TileTask& task, const S* offset,
                             Strides4 os, const S* mask, Strides4 ms, Fn&& fn) {
-  const int64_t K = geo.kernel_points();
-  const int64_t ki = task.k / geo.kernel_w;
-  const int64_t kj = task.k % geo.kernel_w;
-  const S* off_y = offset + task.n * os.n + (task.g * 2 * K + 2 * task.k) * os.c;
-  const S* off_x = off_y + os.c;
-  const S* m_ptr = mask ? mask + task.n * ms.n + (task.g * K + task.k) * ms.c : nullptr;
-  int64_t oy = task.p0 / geo.out_w;
-  int64_t ox = task.p0 - oy * geo.out_w;
+  const TaskSource<S> src = task_source(geo, task, offset, os, mask, ms);
+  const int64_t ki = src.ki, kj = src.kj;
+  const S *off_y = src.off_y, *off_x = src.off_x, *m_ptr = src.mask;
+  int64_t oy = src.oy, ox = src.ox;
   for (int64_t p = task.p0; p < task.p1; ++p) {
     const int64_t o_at = oy * os.y + ox * os.x;
     const A dy = load(off_y[o_at]);

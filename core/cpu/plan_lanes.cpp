@@ -87,14 +87,10 @@ DCN_INLINE void interior_lanes(const Geometry& geo, const float* y_in, const flo
 // contiguous (NCHW) become vector loops.
 DCN_INLINE void gather_inputs(const Geometry& geo, const TileTask& task, const float* offset,
                               Strides4 os, const float* mask, Strides4 ms, TileInputs* in) {
-  const int64_t K = geo.kernel_points();
-  const int64_t ki = task.k / geo.kernel_w;
-  const int64_t kj = task.k % geo.kernel_w;
-  const float* off_y = offset + task.n * os.n + (task.g * 2 * K + 2 * task.k) * os.c;
-  const float* off_x = off_y + os.c;
-  const float* m_ptr = mask ? mask + task.n * ms.n + (task.g * K + task.k) * ms.c : nullptr;
-  int64_t oy = task.p0 / geo.out_w;
-  int64_t ox = task.p0 - oy * geo.out_w;
+  const TaskSource<float> src = task_source(geo, task, offset, os, mask, ms);
+  const int64_t ki = src.ki, kj = src.kj;
+  const float *off_y = src.off_y, *off_x = src.off_x, *m_ptr = src.mask;
+  int64_t oy = src.oy, ox = src.ox;
   for (int64_t i = 0; i < task.p1 - task.p0;) {
     const int64_t len = std::min(task.p1 - task.p0 - i, geo.out_w - ox);
     const float yb = float(oy * geo.stride_h - geo.pad_h + ki * geo.dilation_h);
