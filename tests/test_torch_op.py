@@ -343,6 +343,42 @@ def test_detached_path_of_older_torch_gives_the_same_results(name, monkeypatch):
         assert torch.equal(g_c[k], g_d[k]), k
 
 
+@pytest.mark.parametrize("name, layout", [
+    ("channels_last_path", "pixel-major"),
+    ("grouped_channels_last", "pixel-major by weight group"),
+    ("grouped_runs_of_12", "pixel-major by weight group"),
+    ("groups2_offset_groups2", "channel-major"),  # 2 channels per group
+], ids=["dense", "grouped", "grouped_runs_of_12", "few_channels"])
+def test_cpu_column_layout(name, layout, monkeypatch):
+    """Which column layout the CPU forward and backward give the kernels:
+    pixel-major (channels-last sampling) when offset groups and weight
+    groups have 8+ channels, by weight group with groups; channel-major
+    otherwise. A layout falling back silently would only show as time."""
+    from dcn_torch import ops
+    seen = []
+
+    class RecordingBinding:
+        def __getattr__(self, attr):
+            fn = getattr(real, attr)
+
+            def recorded(*args):
+                if attr in ("im2col", "col2im", "coord_grad", "col2im_and_coord_grad"):
+                    cols = args[3] if attr == "im2col" else args[0]
+                    pixel_major = args[-1]
+                    seen.append((attr, cols.dim(), pixel_major))
+                return fn(*args)
+            return recorded
+
+    real = ops._C
+    c = make_case(**CASES[name], dtype=torch.float32, requires_grad=True)
+    monkeypatch.setattr(ops, "_C", RecordingBinding())
+    out_and_grads(c)
+    assert {a for a, _, _ in seen} >= {"im2col", "col2im_and_coord_grad"}, seen
+    want = {"pixel-major": (4, True), "pixel-major by weight group": (5, True),
+            "channel-major": (4, False)}[layout]
+    assert all((d, pm) == want for _, d, pm in seen), seen
+
+
 # ---------------------------------------------------------------------------
 # gradcheck (float64, all five inputs)
 # ---------------------------------------------------------------------------
