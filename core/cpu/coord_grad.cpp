@@ -54,6 +54,37 @@ void write_back(const Geometry& geo, const TileTask& task, const GradEntry<A>* p
   }
 }
 
+// Writes one task's finished gradients (the mask already applied, as the
+// channels-last kernel does): a copy per kernel point's plane, a row segment
+// at a time. Against write_back, which re-reads every plan entry for its
+// mask (one thread, same-process A/B): 1x64x64x64 with 8 offset groups
+// 9.2 -> 8.5 ms, 1x64x32x32 0.41 -> 0.40 ms.
+void write_gradients(const Geometry& geo, const TileTask& task, const float* gy_sum,
+                     const float* gx_sum, const float* gm_sum, float* goff, Strides4 gos,
+                     float* gmask, Strides4 gms) {
+  const int64_t K = geo.kernel_points();
+  float* gy = goff + task.n * gos.n + (task.g * 2 * K + 2 * task.k) * gos.c;
+  float* gx = gy + gos.c;
+  float* gm = gmask ? gmask + task.n * gms.n + (task.g * K + task.k) * gms.c : nullptr;
+  int64_t oy = task.p0 / geo.out_w;
+  int64_t ox = task.p0 - oy * geo.out_w;
+  for (int64_t i = 0; i < task.p1 - task.p0;) {
+    // Pixels [i, i + run) lie in output row oy.
+    const int64_t run = std::min(task.p1 - task.p0 - i, geo.out_w - ox);
+    float* ry = gy + oy * gos.y + ox * gos.x;
+    float* rx = gx + oy * gos.y + ox * gos.x;
+    for (int64_t j = 0; j < run; ++j) ry[j * gos.x] = gy_sum[i + j];
+    for (int64_t j = 0; j < run; ++j) rx[j * gos.x] = gx_sum[i + j];
+    if (gm) {
+      float* rm = gm + oy * gms.y + ox * gms.x;
+      for (int64_t j = 0; j < run; ++j) rm[j * gms.x] = gm_sum[i + j];
+    }
+    i += run;
+    ox = 0;
+    ++oy;
+  }
+}
+
 // float32 channels-last (coord_lanes.h): the group's channels contiguous in
 // the input and, within each weight-group block, in the columns. A task owns
 // (n, g, a tile of kLaneTile pixels) and every kernel point, so each pixel's
@@ -94,8 +125,8 @@ Tasks coord_grad_channels_last_f32(const Geometry& geo, const float* gcol, Colum
                                  runs.data(), int64_t(runs.size()), acc_y, acc_x, acc_m);
     for (int64_t k = 0; k < K; ++k) {
       const int64_t j = k * kLaneTile;
-      write_back(geo, TileTask{n, g, k, p0, p1}, plans.data() + j, acc_y + j, acc_x + j,
-                 acc_m + j, goff, gos, gmask, gms);
+      write_gradients(geo, TileTask{n, g, k, p0, p1}, acc_y + j, acc_x + j, acc_m + j, goff,
+                      gos, gmask, gms);
     }
   };
   return tasks;

@@ -31,6 +31,17 @@ DCN_INLINE float reduce8(v8f a) {
   return all[0];
 }
 
+// A sample's three lane sums into its gradients: the offset gradient is
+// the mask times the sum, exactly 0 outside the gradient region (even when
+// the mask there is NaN or inf); the mask gradient is the sum itself.
+DCN_INLINE void finish_sample(const GradEntry<float>& e, v8f ay, v8f ax, v8f am, float* gy,
+                              float* gx, float* gm) {
+  const bool outside = e.valid == 0u;
+  *gy = outside ? 0.f : e.mask * reduce8(ay);
+  *gx = outside ? 0.f : e.mask * reduce8(ax);
+  *gm = reduce8(am);
+}
+
 }  // namespace
 
 namespace {
@@ -100,7 +111,8 @@ DCN_INLINE void scalar_channels(const GradEntry<float>& e, const float* image, i
   std::memcpy(&am, lm, sizeof lm);
 }
 
-// One sample (e) over the cpg channels: the lane sums into *ay, *ax, *am.
+// One sample (e) over the cpg channels: its offset and mask gradients
+// (finish_sample) into *ay, *ax, *am.
 // Channel c goes into lane c % 8 in every path, vector or scalar.
 DCN_INLINE void sample_lanes(const GradEntry<float>& e, const float* image, int64_t cpg,
                              const CornerOffsets& co, const float* g, float* out,
@@ -141,9 +153,9 @@ DCN_INLINE void sample_lanes(const GradEntry<float>& e, const float* image, int6
       am += gv * r.value;
       if (out) store8(out + c, border_column(k, e.mask, v[0], v[1], v[2], v[3], v8f{}));
     }
-  } else if (out) {
+  } else {
     // Outside both regions: column 0, nothing to sum.
-    std::memset(out, 0, size_t(cpg) * sizeof(float));
+    if (out) std::memset(out, 0, size_t(cpg) * sizeof(float));
     *ay_out = *ax_out = *am_out = 0.f;
     return;
   }
@@ -151,9 +163,7 @@ DCN_INLINE void sample_lanes(const GradEntry<float>& e, const float* image, int6
   // test here, not only inside: called unconditionally, the spill measured
   // 8% of this kernel with 8 channels per offset group).
   if (full < cpg) scalar_channels(e, image, full, cpg, co, g, out, ay, ax, am);
-  *ay_out = reduce8(ay);
-  *ax_out = reduce8(ax);
-  *am_out = reduce8(am);
+  finish_sample(e, ay, ax, am, ay_out, ax_out, am_out);
 }
 
 // One sample (e) over the group's channels given as runs (with weight
@@ -200,9 +210,7 @@ DCN_INLINE void sample_lanes_runs(const GradEntry<float>& e, const float* image,
       border_step(e, image + c, co, gr + c, outr ? outr + c : nullptr, ay, ax, am);
     });
   }
-  *ay_out = reduce8(ay);
-  *ax_out = reduce8(ax);
-  *am_out = reduce8(am);
+  finish_sample(e, ay, ax, am, ay_out, ax_out, am_out);
 }
 
 }  // namespace

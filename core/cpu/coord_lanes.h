@@ -28,8 +28,10 @@ constexpr int64_t kCoordLanes = 8;
 constexpr int64_t kLaneTile = 32;
 
 // One task: pixels [0, len) of a tile, every kernel point. plans[k*kLaneTile + i]
-// is the entry of (k, pixel i); acc_*[k*kLaneTile + i] receive the
-// lane-ordered sums over the channels of the offset group; cols_out (when
+// is the entry of (k, pixel i); acc_y, acc_x [k*kLaneTile + i] receive the
+// sample's offset gradient (the mask times the lane-ordered sum over the
+// channels of the offset group, exactly 0 outside the gradient region) and
+// acc_m the mask gradient (the sum itself); cols_out (when
 // not null) gets the forward's columns. image: the group's first channel of
 // image n; gcol/cols_out: the element (n, group channel 0, k 0, pixel 0) of
 // the tile; col_k, col_p: their kernel-point and pixel strides; runs[0,
