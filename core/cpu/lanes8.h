@@ -29,6 +29,12 @@ DCN_INLINE v8f load8(const float* p) {
   return v;
 }
 
+DCN_INLINE v8i load8i(const int32_t* p) {
+  v8i v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
 DCN_INLINE void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
 DCN_INLINE void store8(int32_t* p, v8i v) { std::memcpy(p, &v, sizeof v); }
 
