@@ -75,3 +75,44 @@ def test_input_and_mask_beyond_2_31_elements():
         assert g is not None, name
         torch.testing.assert_close(g, r, rtol=0, atol=0, msg=lambda m: f"grad[{name}]: {m}")
     del xbase, mbase
+
+
+def test_float32_channels_last_corner_index_beyond_2_31():
+    """The float32 channels-last plans index corners in int32 lanes only
+    where every corner index of the image fits (base32_safe in
+    plan_lanes.cpp). Here rows lie 2^25 elements apart, so row 64's corner
+    index is 2^31: those samples must take the 64-bit products. im2col and
+    the coordinate gradient (the kernels that read the input) on such a
+    view equal those on a compact channels-last copy, bitwise (with the
+    index wrapped to 32 bits they read far outside the image)."""
+    from dcn_torch import _C
+
+    torch.manual_seed(0)
+    N, C, H, W, K = 1, 8, 66, 4, 9
+    row = 2**25
+    size = (H - 1) * row + W * C
+    try:
+        base = torch.empty(size, dtype=torch.float32)
+    except (MemoryError, RuntimeError) as e:
+        pytest.skip(f"cannot allocate a {size}-element float32 storage (~8.7 GiB virtual): {e}")
+    x = torch.randn(N, C, H, W)
+    xv = base.as_strided((N, C, H, W), (0, 1, row, C))
+    xv.copy_(x)
+    assert (H - 2) * row >= 2**31  # the last interior row's corner index
+    xc = x.contiguous(memory_format=torch.channels_last)
+    off = 0.7 * torch.randn(N, 2 * K, H, W)
+    m = torch.rand(N, K, H, W)
+    gcols = torch.randn(N, H, W, K * C)
+    args = ((3, 3), (1, 1), (1, 1), (1, 1))
+    results = []
+    for inp in (xc, xv):
+        cols = torch.full((N, H, W, K * C), float("nan"))
+        _C.im2col(inp, off, m, cols, *args, 0, True)
+        go, gm = torch.full_like(off, float("nan")), torch.full_like(m, float("nan"))
+        rebuilt = torch.full_like(cols, float("nan"))
+        _C.coord_grad(gcols, inp, off, m, go, gm, rebuilt, *args, 0, True)
+        results.append((cols, go, gm, rebuilt))
+    for a, b in zip(*results):
+        assert not a.isnan().any()
+        assert torch.equal(a, b)
+    del base
