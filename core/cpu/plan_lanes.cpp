@@ -162,15 +162,15 @@ DCN_INLINE void modulated(const LaneInterior& in, const float* m, float (*w)[kLa
   store8(nonzero, (w0 != zero) | (w1 != zero) | (w2 != zero) | (w3 != zero));
 }
 
-// y0 * sy + x0 * sx of interior lanes in int32 lanes, where every such
-// value fits (int32 corner indices of an image whose sides are below 2^24
-// times strides small enough; checked once per task by base32_safe).
+// y0 * sy + x0 * sx of the eight lanes in int32 arithmetic: exact when
+// base32_safe(geo, sy, sx) holds (checked once per task by the caller).
 DCN_INLINE void bases32(const LaneInterior& in, int32_t sy, int32_t sx, int32_t* base) {
   store8(base, load8i(in.y0) * sy + load8i(in.x0) * sx);
 }
 
+// Whether every interior corner index of the image fits in int32: an
+// interior sample has 0 <= y0 < height and 0 <= x0 < width.
 bool base32_safe(const Geometry& geo, int64_t sy, int64_t sx) {
-  // |y0| <= height and |x0| <= width for interior samples.
   constexpr int64_t kMax = (int64_t(1) << 31) - 1;
   const int64_t ay = sy < 0 ? -sy : sy, ax = sx < 0 ? -sx : sx;
   return ay < kMax && ax < kMax && geo.height * ay + geo.width * ax < kMax;
