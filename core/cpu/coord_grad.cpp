@@ -29,60 +29,48 @@ void build_plan(const Geometry& geo, const TileTask& task, const S* offset, Stri
   });
 }
 
-// Writes one task's sums: pixel p -> (oy, ox) of its kernel point's rows.
+// Writes one task's sums into its kernel point's offset-gradient rows
+// (the offsets' layout) and mask-gradient row, a row segment at a time.
 template <typename A, typename S>
 void write_back(const Geometry& geo, const TileTask& task, const GradEntry<A>* plan,
                 const A* acc_y, const A* acc_x, const A* acc_m, S* goff, Strides4 gos, S* gmask,
                 Strides4 gms) {
-  const int64_t K = geo.kernel_points();
-  S* gy = goff + task.n * gos.n + (task.g * 2 * K + 2 * task.k) * gos.c;
-  S* gx = gy + gos.c;
-  S* gm = gmask ? gmask + task.n * gms.n + (task.g * K + task.k) * gms.c : nullptr;
-  int64_t oy = task.p0 / geo.out_w;  // pixel p0 + i -> (oy, ox), stepped, not divided
-  int64_t ox = task.p0 - oy * geo.out_w;
-  for (int64_t i = 0; i < task.p1 - task.p0; ++i) {
-    // A sample outside the gradient region has exactly 0 offset gradient,
-    // even when its mask is NaN or inf (0 * NaN would say otherwise).
-    const bool outside = plan[i].valid == 0u;
-    gy[oy * gos.y + ox * gos.x] = store<S>(outside ? A(0) : plan[i].mask * acc_y[i]);
-    gx[oy * gos.y + ox * gos.x] = store<S>(outside ? A(0) : plan[i].mask * acc_x[i]);
-    if (gm) gm[oy * gms.y + ox * gms.x] = store<S>(acc_m[i]);
-    if (++ox == geo.out_w) {
-      ox = 0;
-      ++oy;
+  const TaskPlanes<S*> to = task_planes(geo, task, goff, gos, gmask, gms);
+  for_each_row_segment(geo, task, [&](int64_t i0, int64_t oy, int64_t ox, int64_t len) {
+    S* ry = to.y + oy * gos.y + ox * gos.x;
+    S* rx = to.x + oy * gos.y + ox * gos.x;
+    S* rm = to.m ? to.m + oy * gms.y + ox * gms.x : nullptr;
+    for (int64_t j = 0; j < len; ++j) {
+      const int64_t i = i0 + j;
+      // A sample outside the gradient region has exactly 0 offset gradient,
+      // even when its mask is NaN or inf (0 * NaN would say otherwise).
+      const bool outside = plan[i].valid == 0u;
+      ry[j * gos.x] = store<S>(outside ? A(0) : plan[i].mask * acc_y[i]);
+      rx[j * gos.x] = store<S>(outside ? A(0) : plan[i].mask * acc_x[i]);
+      if (rm) rm[j * gms.x] = store<S>(acc_m[i]);
     }
-  }
+  });
 }
 
-// Writes one task's finished gradients (the mask already applied, as the
-// channels-last kernel does): a copy per kernel point's plane, a row segment
-// at a time. Against write_back, which re-reads every plan entry for its
-// mask (one thread, same-process A/B): 1x64x64x64 with 8 offset groups
-// 9.2 -> 8.5 ms, 1x64x32x32 0.41 -> 0.40 ms.
+// As write_back for sums already finished (the mask applied, as the
+// channels-last kernel does): a copy per row segment. Against write_back,
+// which re-reads every plan entry for its mask (one thread, same-process
+// A/B): 1x64x64x64 with 8 offset groups 9.2 -> 8.5 ms, 1x64x32x32 0.41 ->
+// 0.40 ms.
 void write_gradients(const Geometry& geo, const TileTask& task, const float* gy_sum,
                      const float* gx_sum, const float* gm_sum, float* goff, Strides4 gos,
                      float* gmask, Strides4 gms) {
-  const int64_t K = geo.kernel_points();
-  float* gy = goff + task.n * gos.n + (task.g * 2 * K + 2 * task.k) * gos.c;
-  float* gx = gy + gos.c;
-  float* gm = gmask ? gmask + task.n * gms.n + (task.g * K + task.k) * gms.c : nullptr;
-  int64_t oy = task.p0 / geo.out_w;
-  int64_t ox = task.p0 - oy * geo.out_w;
-  for (int64_t i = 0; i < task.p1 - task.p0;) {
-    // Pixels [i, i + run) lie in output row oy.
-    const int64_t run = std::min(task.p1 - task.p0 - i, geo.out_w - ox);
-    float* ry = gy + oy * gos.y + ox * gos.x;
-    float* rx = gx + oy * gos.y + ox * gos.x;
-    for (int64_t j = 0; j < run; ++j) ry[j * gos.x] = gy_sum[i + j];
-    for (int64_t j = 0; j < run; ++j) rx[j * gos.x] = gx_sum[i + j];
-    if (gm) {
-      float* rm = gm + oy * gms.y + ox * gms.x;
-      for (int64_t j = 0; j < run; ++j) rm[j * gms.x] = gm_sum[i + j];
+  const TaskPlanes<float*> to = task_planes(geo, task, goff, gos, gmask, gms);
+  for_each_row_segment(geo, task, [&](int64_t i, int64_t oy, int64_t ox, int64_t len) {
+    float* ry = to.y + oy * gos.y + ox * gos.x;
+    float* rx = to.x + oy * gos.y + ox * gos.x;
+    for (int64_t j = 0; j < len; ++j) ry[j * gos.x] = gy_sum[i + j];
+    for (int64_t j = 0; j < len; ++j) rx[j * gos.x] = gx_sum[i + j];
+    if (to.m) {
+      float* rm = to.m + oy * gms.y + ox * gms.x;
+      for (int64_t j = 0; j < len; ++j) rm[j * gms.x] = gm_sum[i + j];
     }
-    i += run;
-    ox = 0;
-    ++oy;
-  }
+  });
 }
 
 // float32 channels-last (coord_lanes.h): the group's channels contiguous in

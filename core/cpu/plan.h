@@ -6,6 +6,7 @@
 // channel of the group: the work that does not depend on the channel is done
 // once, not C/G times.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <type_traits>
@@ -58,31 +59,47 @@ inline TileTask tile_task(const Geometry& geo, int64_t t) {
   return r;
 }
 
-// Where a task's samples come from: its kernel point's row and column in
-// the kernel, the dy, dx and mask planes of its (image, offset group, kernel
-// point) (mask null without one), and its first output pixel (oy, ox).
-template <typename S>
-struct TaskSource {
+// The planes of a task's (image, offset group, kernel point) in the offset
+// layout (N, G*2*K, Ho, Wo) and the mask layout (N, G*K, Ho, Wo): the dy and
+// dx planes and the mask plane (null without one), with the kernel point's
+// row and column in the kernel and the task's first output pixel (oy, ox).
+// P is const S* to read offsets and mask, S* to write their gradients
+// (which have the same layouts).
+template <typename P>
+struct TaskPlanes {
   int64_t ki, kj;
-  const S* off_y;
-  const S* off_x;
-  const S* mask;
+  P y, x, m;
   int64_t oy, ox;
 };
 
-template <typename S>
-inline TaskSource<S> task_source(const Geometry& geo, const TileTask& task, const S* offset,
-                                 Strides4 os, const S* mask, Strides4 ms) {
+template <typename P>
+inline TaskPlanes<P> task_planes(const Geometry& geo, const TileTask& task, P offset,
+                                 Strides4 os, P mask, Strides4 ms) {
   const int64_t K = geo.kernel_points();
-  TaskSource<S> t;
+  TaskPlanes<P> t;
   t.ki = task.k / geo.kernel_w;
   t.kj = task.k % geo.kernel_w;
-  t.off_y = offset + task.n * os.n + (task.g * 2 * K + 2 * task.k) * os.c;
-  t.off_x = t.off_y + os.c;
-  t.mask = mask ? mask + task.n * ms.n + (task.g * K + task.k) * ms.c : nullptr;
+  t.y = offset + task.n * os.n + (task.g * 2 * K + 2 * task.k) * os.c;
+  t.x = t.y + os.c;
+  t.m = mask ? mask + task.n * ms.n + (task.g * K + task.k) * ms.c : nullptr;
   t.oy = task.p0 / geo.out_w;
   t.ox = task.p0 - t.oy * geo.out_w;
   return t;
+}
+
+// Calls fn(i, oy, ox, len) for the task's pixels [i, i + len) that lie in
+// output row oy from column ox: the task's pixels a row segment at a time.
+template <typename Fn>
+inline void for_each_row_segment(const Geometry& geo, const TileTask& task, Fn&& fn) {
+  int64_t oy = task.p0 / geo.out_w;
+  int64_t ox = task.p0 - oy * geo.out_w;
+  for (int64_t i = 0; i < task.p1 - task.p0;) {
+    const int64_t len = std::min(task.p1 - task.p0 - i, geo.out_w - ox);
+    fn(i, oy, ox, len);
+    i += len;
+    ox = 0;
+    ++oy;
+  }
 }
 
 // Calls fn(i, y, x, m) for each output pixel p0+i of the task with the sample
@@ -91,9 +108,9 @@ inline TaskSource<S> task_source(const Geometry& geo, const TileTask& task, cons
 template <typename A, typename S, typename Fn>
 inline void for_each_sample(const Geometry& geo, const TileTask& task, const S* offset,
                             Strides4 os, const S* mask, Strides4 ms, Fn&& fn) {
-  const TaskSource<S> src = task_source(geo, task, offset, os, mask, ms);
+  const TaskPlanes<const S*> src = task_planes(geo, task, offset, os, mask, ms);
   const int64_t ki = src.ki, kj = src.kj;
-  const S *off_y = src.off_y, *off_x = src.off_x, *m_ptr = src.mask;
+  const S *off_y = src.y, *off_x = src.x, *m_ptr = src.m;
   int64_t oy = src.oy, ox = src.ox;
   for (int64_t p = task.p0; p < task.p1; ++p) {
     const int64_t o_at = oy * os.y + ox * os.x;

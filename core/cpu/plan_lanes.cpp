@@ -53,7 +53,6 @@ struct LaneInterior {
 // 9.08 ms; per lane they were two 64-bit products and four compares).
 struct LaneEntries {
   int64_t base[kLanes];
-  int32_t base32[kLanes];
   int32_t nonzero[kLanes];
 };
 
@@ -98,17 +97,13 @@ DCN_INLINE void interior_lanes(const Geometry& geo, const float* y_in, const flo
 // contiguous (NCHW) become vector loops.
 DCN_INLINE void gather_inputs(const Geometry& geo, const TileTask& task, const float* offset,
                               Strides4 os, const float* mask, Strides4 ms, TileInputs* in) {
-  const TaskSource<float> src = task_source(geo, task, offset, os, mask, ms);
-  const int64_t ki = src.ki, kj = src.kj;
-  const float *off_y = src.off_y, *off_x = src.off_x, *m_ptr = src.mask;
-  int64_t oy = src.oy, ox = src.ox;
-  for (int64_t i = 0; i < task.p1 - task.p0;) {
-    const int64_t len = std::min(task.p1 - task.p0 - i, geo.out_w - ox);
-    const float yb = float(oy * geo.stride_h - geo.pad_h + ki * geo.dilation_h);
-    const int64_t xb = ox * geo.stride_w - geo.pad_w + kj * geo.dilation_w;
+  const TaskPlanes<const float*> src = task_planes(geo, task, offset, os, mask, ms);
+  for_each_row_segment(geo, task, [&](int64_t i, int64_t oy, int64_t ox, int64_t len) {
+    const float yb = float(oy * geo.stride_h - geo.pad_h + src.ki * geo.dilation_h);
+    const int64_t xb = ox * geo.stride_w - geo.pad_w + src.kj * geo.dilation_w;
     const int64_t sw = geo.stride_w;
-    const float* dy = off_y + oy * os.y + ox * os.x;
-    const float* dx = off_x + oy * os.y + ox * os.x;
+    const float* dy = src.y + oy * os.y + ox * os.x;
+    const float* dx = src.x + oy * os.y + ox * os.x;
     float* __restrict y = in->y + i;
     float* __restrict x = in->x + i;
     float* __restrict m = in->m + i;
@@ -129,20 +124,17 @@ DCN_INLINE void gather_inputs(const Geometry& geo, const TileTask& task, const f
         x[j] = float(xb + j * sw) + dx[j * os.x];
       }
     }
-    if (m_ptr == nullptr) {
+    if (src.m == nullptr) {
       for (int64_t j = 0; j < len; ++j) m[j] = 1.0f;
     } else {
-      const float* mr = m_ptr + oy * ms.y + ox * ms.x;
+      const float* mr = src.m + oy * ms.y + ox * ms.x;
       if (ms.x == 1) {
         for (int64_t j = 0; j < len; ++j) m[j] = mr[j];
       } else {
         for (int64_t j = 0; j < len; ++j) m[j] = mr[j * ms.x];
       }
     }
-    i += len;
-    ox = 0;
-    ++oy;
-  }
+  });
 }
 
 // scale * w, as bilinear_weights with scale m (value plans) or as m * w
@@ -200,8 +192,9 @@ DCN_INLINE void build_plan_lanes(const Geometry& geo, const TileTask& task, cons
       interior_lanes(geo, in.y + i0, in.x + i0, &r);
       modulated(r, in.m + i0, w, x.nonzero);
       if (narrow) {
-        bases32(r, int32_t(sy), int32_t(sx), x.base32);
-        for (int l = 0; l < kLanes; ++l) x.base[l] = x.base32[l];
+        int32_t base32[kLanes];
+        bases32(r, int32_t(sy), int32_t(sx), base32);
+        for (int l = 0; l < kLanes; ++l) x.base[l] = base32[l];
       } else {
         for (int l = 0; l < kLanes; ++l) x.base[l] = int64_t(r.y0[l]) * sy + int64_t(r.x0[l]) * sx;
       }

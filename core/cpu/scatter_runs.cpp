@@ -34,12 +34,7 @@ void scatter_runs_f32(const PlanEntry<float>* plan, int64_t len, float* image,
   for (int64_t i = 0; i < len; ++i) {
     const PlanEntry<float>& e = plan[i];
     const float* g = gcol + i * col_p;
-    // As scatter_runs: the run six pixels ahead, which the hardware
-    // prefetcher does not reach at this stride.
-    if (i + 6 < len) {
-      const char* pf = reinterpret_cast<const char*>(g + 6 * col_p);
-      for (int64_t b = 0; b < n * int64_t(sizeof(float)); b += 64) __builtin_prefetch(pf + b);
-    }
+    if (i + kScatterPrefetch < len) prefetch_run(g + kScatterPrefetch * col_p, n);  // as scatter_runs
     if (e.valid == 15u) {
       // All four corners: each gradient vector loaded once for the four.
       float* d0 = image + e.base + co.at[0];
