@@ -211,10 +211,11 @@ def _forward(input, weight, offset, mask, bias, stride, padding, dilation):
         return out
     _prepare(input)
     input, weight, offset, mask, bias = (_detached(t) for t in (input, weight, offset, mask, bias))
-    if _pixel_major(input, geo) and geo["groups"] > 1:
+    pm = _pixel_major(input, geo)
+    if pm and geo["groups"] > 1:
         _forward_grouped_pixel_major(input, weight, offset, mask, bias, geo, stride, padding,
                                      dilation, out)
-    elif _pixel_major(input, geo):
+    elif pm:
         _forward_pixel_major(input, weight, offset, mask, bias, geo, stride, padding, dilation, out)
     else:
         _forward_channel_major(input, weight, offset, mask, bias, geo, stride, padding, dilation,
